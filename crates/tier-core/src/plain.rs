@@ -1,0 +1,276 @@
+//! [`PlainTier`]: any `Storage` as a tier, with counters.
+
+use std::any::Any;
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_cache::eviction::CacheEntryId;
+use pingora_cache::storage::{
+    HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
+    Storage,
+};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::{CacheKey, CacheMeta};
+use pingora_error::Result;
+
+use crate::stats::{StatsCounters, TierStats};
+use crate::tier::{Capabilities, Tier};
+
+/// Wraps any [`Storage`] so it can be a tier: the [`Tier`] defaults, plus hit,
+/// miss, insert and error counters kept by the wrapper itself.
+///
+/// Use it for storages that do not implement [`Tier`] themselves, such as
+/// pingora's `MemCache` or a storage from another crate. It declares the
+/// capabilities of [`Tier::capabilities`]'s default unless told otherwise with
+/// [`PlainTier::with_capabilities`]. It cannot report evictions or entry
+/// counts, because a plain `Storage` does not expose them.
+pub struct PlainTier<S> {
+    name: String,
+    inner: S,
+    capabilities: Option<Capabilities>,
+    counters: StatsCounters,
+}
+
+impl<S> fmt::Debug for PlainTier<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlainTier")
+            .field("name", &self.name)
+            .field("capabilities", &self.capabilities)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Storage + Send + Sync + 'static> PlainTier<S> {
+    /// Wrap `inner`, naming it `name` in logs and metrics.
+    pub fn new(name: impl Into<String>, inner: S) -> Self {
+        PlainTier {
+            name: name.into(),
+            inner,
+            capabilities: None,
+            counters: StatsCounters::new(),
+        }
+    }
+
+    /// Declare what `inner` supports, for storages whose behaviour is known.
+    pub fn with_capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = Some(capabilities);
+        self
+    }
+
+    /// The wrapped storage.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn count_lookup(
+        &self,
+        found: &Result<Option<(CacheMeta, HitHandler)>>,
+    ) {
+        match found {
+            Ok(Some(_)) => self.counters.record_hit(),
+            Ok(None) => self.counters.record_miss(),
+            Err(_) => self.counters.record_error(),
+        }
+    }
+
+    fn count_error<T>(&self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.counters.record_error();
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl<S: Storage + Send + Sync + 'static> Storage for PlainTier<S> {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let found = self.inner.lookup(key, trace).await;
+        self.count_lookup(&found);
+        found
+    }
+
+    async fn lookup_streaming_write(
+        &'static self,
+        key: &CacheKey,
+        streaming_write_tag: Option<&[u8]>,
+        trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let found = self
+            .inner
+            .lookup_streaming_write(key, streaming_write_tag, trace)
+            .await;
+        self.count_lookup(&found);
+        found
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let inner = self
+            .count_error(self.inner.get_miss_handler(key, meta, trace).await)?;
+        Ok(Box::new(CountingMiss {
+            inner,
+            counters: &self.counters,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        purge_type: PurgeType,
+        trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let outcome = self.inner.purge(target, purge_type, trace).await;
+        self.count_error(outcome)
+    }
+
+    async fn expire(
+        &'static self,
+        target: PurgeTarget<'_>,
+        trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let outcome = self.inner.expire(target, trace).await;
+        self.count_error(outcome)
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        trace: &SpanHandle,
+    ) -> Result<bool> {
+        let updated = self.inner.update_meta(key, meta, trace).await;
+        self.count_error(updated)
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        self.inner.support_streaming_partial_write()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+#[async_trait]
+impl<S: Storage + Send + Sync + 'static> Tier for PlainTier<S> {
+    fn tier_name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities.unwrap_or(Capabilities {
+            streaming_partial_write: self.inner.support_streaming_partial_write(),
+            ..Capabilities::default()
+        })
+    }
+
+    fn stats(&self) -> TierStats {
+        self.counters.snapshot()
+    }
+}
+
+/// Counts an insert when the wrapped miss handler finishes.
+struct CountingMiss {
+    inner: MissHandler,
+    counters: &'static StatsCounters,
+}
+
+#[async_trait]
+impl HandleMiss for CountingMiss {
+    async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
+        self.inner.write_body(data, eof).await
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let counters = self.counters;
+        let finished = self.inner.finish().await;
+        match finished {
+            Ok(_) => counters.record_insert(),
+            Err(_) => counters.record_error(),
+        }
+        finished
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        self.inner.streaming_write_tag()
+    }
+
+    fn entry_id(&self) -> Option<CacheEntryId> {
+        self.inner.entry_id()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::meta_with_header;
+    use pingora_cache::trace::Span;
+    use pingora_cache::MemCache;
+    use std::sync::LazyLock;
+
+    static TIER: LazyLock<PlainTier<MemCache>> =
+        LazyLock::new(|| PlainTier::new("memcache", MemCache::new()));
+
+    #[tokio::test]
+    async fn counts_hits_misses_and_inserts() {
+        let span = Span::inactive().handle();
+        let key = CacheKey::new("plain-counts", "");
+        assert!(TIER.lookup(&key, &span).await.expect("lookup").is_none());
+        let meta = meta_with_header("x-test", "1");
+        let mut miss = TIER.get_miss_handler(&key, &meta, &span).await.expect("miss");
+        miss.write_body(Bytes::from_static(b"body"), true).await.expect("write");
+        miss.finish().await.expect("finish");
+        assert!(TIER.lookup(&key, &span).await.expect("lookup").is_some());
+        let stats = TIER.stats();
+        assert_eq!((stats.hits, stats.misses, stats.inserts), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn lookup_entry_finds_by_compact_key() {
+        let span = Span::inactive().handle();
+        let mut key = CacheKey::new("plain-compact", "tag");
+        key.set_variance_key(pingora_cache::key::hash_key("gzip"));
+        let meta = meta_with_header("x-test", "2");
+        let mut miss = TIER.get_miss_handler(&key, &meta, &span).await.expect("miss");
+        miss.write_body(Bytes::from_static(b"varied"), true).await.expect("write");
+        miss.finish().await.expect("finish");
+
+        let (_, mut hit) = TIER
+            .lookup_entry(&key.to_compact(), None, &span)
+            .await
+            .expect("lookup")
+            .expect("found by compact key");
+        assert_eq!(hit.read_body().await.expect("read").as_deref(), Some(&b"varied"[..]));
+        // MemCache assigns no entry ids, so asking for a specific one finds nothing.
+        let by_id = TIER
+            .lookup_entry(&key.to_compact(), Some(CacheEntryId::new(7)), &span)
+            .await
+            .expect("lookup");
+        assert!(by_id.is_none());
+    }
+
+    #[test]
+    fn capabilities_default_to_what_storage_says() {
+        let caps = TIER.capabilities();
+        assert!(caps.streaming_partial_write);
+        assert!(!caps.entry_ids);
+        let declared = PlainTier::new("m", MemCache::new()).with_capabilities(Capabilities::all());
+        assert_eq!(declared.capabilities(), Capabilities::all());
+        assert!(!declared.set_eviction_listener(std::sync::Arc::new(NoopListener)));
+    }
+
+    struct NoopListener;
+    impl crate::EvictionListener for NoopListener {
+        fn on_evict(&self, _entry: crate::EvictedEntry) {}
+    }
+}

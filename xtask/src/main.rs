@@ -1,0 +1,182 @@
+//! `cargo xtask`: the project's one entry point for checks and benchmarks.
+//!
+//! - `cargo xtask ci`: every check CI runs, in order, stopping at the first
+//!   failure: build prerequisites, fmt, clippy, tests, docs, the crate layering
+//!   rules, and cargo-deny.
+//! - `cargo xtask bench [--quick] [ARGS]`: the benchmark report (`tier-bench`),
+//!   built in release mode with the peers enabled.
+//!
+//! This crate uses only the standard library, so it builds in seconds.
+
+mod layering;
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let root = workspace_root();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(&root),
+        Some("bench") => bench(&root, &args[1..]),
+        Some("layering") => layering::check(&root),
+        _ => {
+            eprintln!("usage: cargo xtask <ci | bench [--quick] [ARGS] | layering>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("xtask: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // CARGO_MANIFEST_DIR is xtask/; the workspace is its parent.
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or(manifest_dir)
+}
+
+fn cargo() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
+/// Run one named step, printing its duration; `Err` stops the caller.
+fn step(name: &str, run: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    println!("==> {name}");
+    let started = Instant::now();
+    let result = run();
+    let took = started.elapsed().as_secs_f64();
+    match &result {
+        Ok(()) => println!("<== {name}: ok in {took:.1}s"),
+        Err(why) => println!("<== {name}: FAILED in {took:.1}s: {why}"),
+    }
+    result.map_err(|why| format!("step `{name}` failed: {why}"))
+}
+
+fn run(root: &Path, program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
+    println!("    $ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("could not start {program}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{program} {}` exited with {status}", args.join(" ")))
+    }
+}
+
+fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// Install a Debian package when running as root on Debian; otherwise fail
+/// with the exact command the user must run.
+fn ensure_debian_package(root: &Path, program: &str, package: &str) -> Result<(), String> {
+    if have(program) {
+        println!("    {program}: found");
+        return Ok(());
+    }
+    let debian = Path::new("/etc/debian_version").exists();
+    if !(debian && is_root()) {
+        return Err(format!(
+            "`{program}` is missing and is needed to build; install it with: \
+             sudo apt-get update && sudo apt-get install -y {package}"
+        ));
+    }
+    println!("    {program}: missing, installing Debian package {package}");
+    run(root, "apt-get", &["update", "-qq"], &[])?;
+    run(root, "apt-get", &["install", "-y", "-qq", package], &[("DEBIAN_FRONTEND", "noninteractive")])?;
+    if have(program) {
+        Ok(())
+    } else {
+        Err(format!("installed {package} but `{program}` is still not on PATH"))
+    }
+}
+
+fn ci(root: &Path) -> Result<(), String> {
+    let cargo = cargo();
+    let started = Instant::now();
+    step("prerequisites (cmake for pingora's zlib-ng)", || {
+        ensure_debian_package(root, "cmake", "cmake")
+    })?;
+    step("fmt", || run(root, &cargo, &["fmt", "--all", "--check"], &[]))?;
+    step("clippy", || {
+        run(
+            root,
+            &cargo,
+            &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            &[],
+        )
+    })?;
+    step("test", || run(root, &cargo, &["test", "--workspace"], &[]))?;
+    step("doc", || {
+        run(
+            root,
+            &cargo,
+            &["doc", "--workspace", "--no-deps"],
+            &[("RUSTDOCFLAGS", "-D warnings")],
+        )
+    })?;
+    step("layering", || layering::check(root))?;
+    step("deny", || deny(root, &cargo))?;
+    println!(
+        "xtask ci: all steps passed in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn deny(root: &Path, cargo: &str) -> Result<(), String> {
+    let installed = Command::new(cargo)
+        .args(["deny", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !installed {
+        println!("    cargo-deny: missing, installing it from crates.io");
+        run(root, cargo, &["install", "--locked", "cargo-deny"], &[])?;
+    }
+    println!(
+        "    advisories: SKIPPED, the RustSec advisory database cannot be fetched \
+         on this machine (no network beyond the package registries)"
+    );
+    run(root, cargo, &["deny", "check", "bans", "licenses", "sources"], &[])
+}
+
+fn bench(root: &Path, args: &[String]) -> Result<(), String> {
+    let cargo = cargo();
+    let mut cmd = vec![
+        "run",
+        "--release",
+        "--package",
+        "tier-bench",
+        "--features",
+        "peers",
+        "--",
+    ];
+    cmd.extend(args.iter().map(String::as_str));
+    run(root, &cargo, &cmd, &[])
+}
