@@ -1,0 +1,101 @@
+//! The machine's raw file rate: the physical limit a disk tier is compared to.
+//!
+//! Plain `std::fs`, one file per body, the same bodies the tiers store:
+//! sequential writes without fsync, with an fsync per file, and reads back.
+//! Reads come from the page cache when the files were just written; the report
+//! says so rather than pretending they hit the device.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::workload::Workload;
+
+/// One raw-rate figure.
+#[derive(Debug, Clone)]
+pub struct RawRate {
+    /// What was measured.
+    pub label: &'static str,
+    /// Files touched.
+    pub files: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl RawRate {
+    /// MiB per second.
+    pub fn mib_per_sec(&self) -> f64 {
+        self.bytes as f64 / (1 << 20) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Files per second.
+    pub fn files_per_sec(&self) -> f64 {
+        self.files as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Write and read back `workload`'s first `n_files` bodies under `dir`.
+pub fn measure(dir: &Path, workload: &Workload, n_files: u64) -> std::io::Result<Vec<RawRate>> {
+    let bodies: Vec<_> = (0..n_files).map(|i| workload.body(i)).collect();
+    let total: u64 = bodies.iter().map(|b| b.len() as u64).sum();
+    let mut rates = Vec::new();
+    for (label, sync) in [("write, no fsync", false), ("write + fsync per file", true)] {
+        let sub = tempfile::tempdir_in(dir)?;
+        let started = Instant::now();
+        for (i, body) in bodies.iter().enumerate() {
+            let mut file = File::create(sub.path().join(i.to_string()))?;
+            file.write_all(body)?;
+            if sync {
+                file.sync_data()?;
+            }
+        }
+        rates.push(RawRate { label, files: n_files, bytes: total, elapsed: started.elapsed() });
+        if sync {
+            let started = Instant::now();
+            let mut buf = vec![0u8; 64 << 10];
+            let mut read = 0u64;
+            for i in 0..bodies.len() {
+                let mut file = File::open(sub.path().join(i.to_string()))?;
+                loop {
+                    let n = file.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    read += n as u64;
+                }
+            }
+            rates.push(RawRate {
+                label: "read back (page cache warm)",
+                files: n_files,
+                bytes: read,
+                elapsed: started.elapsed(),
+            });
+        }
+        fs::remove_dir_all(sub.path()).ok();
+    }
+    Ok(rates)
+}
+
+/// The raw rates as a markdown table, labelled with the workload's sizes.
+pub fn raw_markdown_wrapper(rates: &[RawRate], workload: &Workload) -> String {
+    crate::report::raw_markdown(rates, &workload.size.label())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::SizeClass;
+
+    #[test]
+    fn measures_all_three_rates_over_the_same_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = Workload { n_keys: 20, alpha: 1.0, size: SizeClass::Fixed(4096), seed: 1 };
+        let rates = measure(dir.path(), &w, 20).expect("measure");
+        assert_eq!(rates.len(), 3);
+        assert!(rates.iter().all(|r| r.bytes == 20 * 4096 && r.files == 20));
+        assert!(rates.iter().all(|r| r.mib_per_sec() > 0.0));
+    }
+}
