@@ -65,7 +65,9 @@ pub fn check(root: &Path) -> Result<(), String> {
             }
         }
         if !has_literal_version(&manifest) {
-            problems.push(format!("{krate} has no literal `version = \"…\"` of its own"));
+            problems.push(format!(
+                "{krate} has no literal `version = \"…\"` of its own"
+            ));
         }
         for doc in ["README.md", "CHANGELOG.md"] {
             if !dir.join(doc).is_file() {
@@ -162,8 +164,16 @@ libc = "0.2"
 path = "../tier-disk"
 "#;
         let deps = dependencies(manifest);
-        let normal: Vec<_> = deps.iter().filter(|d| !d.dev).map(|d| d.name.as_str()).collect();
-        let dev: Vec<_> = deps.iter().filter(|d| d.dev).map(|d| d.name.as_str()).collect();
+        let normal: Vec<_> = deps
+            .iter()
+            .filter(|d| !d.dev)
+            .map(|d| d.name.as_str())
+            .collect();
+        let dev: Vec<_> = deps
+            .iter()
+            .filter(|d| d.dev)
+            .map(|d| d.name.as_str())
+            .collect();
         assert_eq!(normal, vec!["tier-core", "tokio", "libc", "tier-disk"]);
         assert_eq!(dev, vec!["tier-memory"]);
         assert!(has_literal_version(manifest));
@@ -171,6 +181,8 @@ path = "../tier-disk"
 
     #[test]
     fn inherited_version_is_not_literal() {
-        assert!(!has_literal_version("[package]\nname = \"x\"\nversion.workspace = true\n"));
+        assert!(!has_literal_version(
+            "[package]\nname = \"x\"\nversion.workspace = true\n"
+        ));
     }
 }

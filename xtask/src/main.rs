@@ -75,7 +75,10 @@ fn run(root: &Path, program: &str, args: &[&str], envs: &[(&str, &str)]) -> Resu
     if status.success() {
         Ok(())
     } else {
-        Err(format!("`{program} {}` exited with {status}", args.join(" ")))
+        Err(format!(
+            "`{program} {}` exited with {status}",
+            args.join(" ")
+        ))
     }
 }
 
@@ -109,11 +112,18 @@ fn ensure_debian_package(root: &Path, program: &str, package: &str) -> Result<()
     }
     println!("    {program}: missing, installing Debian package {package}");
     run(root, "apt-get", &["update", "-qq"], &[])?;
-    run(root, "apt-get", &["install", "-y", "-qq", package], &[("DEBIAN_FRONTEND", "noninteractive")])?;
+    run(
+        root,
+        "apt-get",
+        &["install", "-y", "-qq", package],
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+    )?;
     if have(program) {
         Ok(())
     } else {
-        Err(format!("installed {package} but `{program}` is still not on PATH"))
+        Err(format!(
+            "installed {package} but `{program}` is still not on PATH"
+        ))
     }
 }
 
@@ -123,12 +133,21 @@ fn ci(root: &Path) -> Result<(), String> {
     step("prerequisites (cmake for pingora's zlib-ng)", || {
         ensure_debian_package(root, "cmake", "cmake")
     })?;
-    step("fmt", || run(root, &cargo, &["fmt", "--all", "--check"], &[]))?;
+    step("fmt", || {
+        run(root, &cargo, &["fmt", "--all", "--check"], &[])
+    })?;
     step("clippy", || {
         run(
             root,
             &cargo,
-            &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
             &[],
         )
     })?;
@@ -163,7 +182,12 @@ fn deny(root: &Path, cargo: &str) -> Result<(), String> {
         "    advisories: SKIPPED, the RustSec advisory database cannot be fetched \
          on this machine (no network beyond the package registries)"
     );
-    run(root, cargo, &["deny", "check", "bans", "licenses", "sources"], &[])
+    run(
+        root,
+        cargo,
+        &["deny", "check", "bans", "licenses", "sources"],
+        &[],
+    )
 }
 
 fn bench(root: &Path, args: &[String]) -> Result<(), String> {

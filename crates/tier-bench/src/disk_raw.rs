@@ -52,7 +52,12 @@ pub fn measure(dir: &Path, workload: &Workload, n_files: u64) -> std::io::Result
                 file.sync_data()?;
             }
         }
-        rates.push(RawRate { label, files: n_files, bytes: total, elapsed: started.elapsed() });
+        rates.push(RawRate {
+            label,
+            files: n_files,
+            bytes: total,
+            elapsed: started.elapsed(),
+        });
         if sync {
             let started = Instant::now();
             let mut buf = vec![0u8; 64 << 10];
@@ -92,7 +97,12 @@ mod tests {
     #[test]
     fn measures_all_three_rates_over_the_same_bytes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let w = Workload { n_keys: 20, alpha: 1.0, size: SizeClass::Fixed(4096), seed: 1 };
+        let w = Workload {
+            n_keys: 20,
+            alpha: 1.0,
+            size: SizeClass::Fixed(4096),
+            seed: 1,
+        };
         let rates = measure(dir.path(), &w, 20).expect("measure");
         assert_eq!(rates.len(), 3);
         assert!(rates.iter().all(|r| r.bytes == 20 * 4096 && r.files == 20));

@@ -34,8 +34,16 @@ struct Scale {
     raw_files: u64,
 }
 
-const FULL: Scale = Scale { n_keys: 100_000, n_ops: 2_000_000, raw_files: 20_000 };
-const QUICK: Scale = Scale { n_keys: 20_000, n_ops: 200_000, raw_files: 2_000 };
+const FULL: Scale = Scale {
+    n_keys: 100_000,
+    n_ops: 2_000_000,
+    raw_files: 20_000,
+};
+const QUICK: Scale = Scale {
+    n_keys: 20_000,
+    n_ops: 200_000,
+    raw_files: 2_000,
+};
 
 /// Tasks per runtime worker: the workloads use 2 workers and 1–2 tasks each.
 const TASKS: usize = 4;
@@ -46,7 +54,10 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { quick: false, out: PathBuf::from("target/bench") };
+    let mut args = Args {
+        quick: false,
+        out: PathBuf::from("target/bench"),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -65,7 +76,10 @@ fn parse_args() -> Result<Args, String> {
 /// The storages compared in memory scenarios, baseline first. Each call makes
 /// fresh, empty storages.
 fn memory_storages() -> Vec<(String, DynStorage)> {
-    vec![("pingora MemCache".to_string(), leak(MemCache::new()) as DynStorage)]
+    vec![(
+        "pingora MemCache".to_string(),
+        leak(MemCache::new()) as DynStorage,
+    )]
 }
 
 fn main() {
@@ -87,11 +101,22 @@ fn main() {
         scale.n_ops
     );
 
-    let hot = Workload { n_keys: scale.n_keys, alpha: 1.0, size: SizeClass::Fixed(4096), seed: 1 };
+    let hot = Workload {
+        n_keys: scale.n_keys,
+        alpha: 1.0,
+        size: SizeClass::Fixed(4096),
+        seed: 1,
+    };
     let trace = Arc::new(hot.trace(scale.n_ops));
     let scenarios = [
-        ("Hit path: lookup + full body read, Zipf 1.0, 4 KiB bodies, all cached", Op::Read),
-        ("Hit path with 10% writes (replacing keys), Zipf 1.0, 4 KiB bodies", Op::ReadWithWrites { every: 10 }),
+        (
+            "Hit path: lookup + full body read, Zipf 1.0, 4 KiB bodies, all cached",
+            Op::Read,
+        ),
+        (
+            "Hit path with 10% writes (replacing keys), Zipf 1.0, 4 KiB bodies",
+            Op::ReadWithWrites { every: 10 },
+        ),
     ];
     for (title, op) in scenarios {
         let mut rows = Vec::new();
@@ -100,16 +125,37 @@ fn main() {
             let m = run_trace(&rt, storage, &hot, trace.clone(), TASKS, op);
             rows.push(Row { storage: name, m });
         }
-        report.push_str(&Table { title: title.into(), rows }.markdown());
+        report.push_str(
+            &Table {
+                title: title.into(),
+                rows,
+            }
+            .markdown(),
+        );
         report.push('\n');
     }
 
     // Inserts of each size class; key counts shrink as bodies grow so every
     // class writes a similar number of bytes.
     let insert_workloads = [
-        Workload { n_keys: scale.n_keys / 2, alpha: 1.0, size: SizeClass::Small, seed: 2 },
-        Workload { n_keys: scale.n_keys / 100, alpha: 1.0, size: SizeClass::Medium, seed: 3 },
-        Workload { n_keys: scale.n_keys / 2000, alpha: 1.0, size: SizeClass::Large, seed: 4 },
+        Workload {
+            n_keys: scale.n_keys / 2,
+            alpha: 1.0,
+            size: SizeClass::Small,
+            seed: 2,
+        },
+        Workload {
+            n_keys: scale.n_keys / 100,
+            alpha: 1.0,
+            size: SizeClass::Medium,
+            seed: 3,
+        },
+        Workload {
+            n_keys: scale.n_keys / 2000,
+            alpha: 1.0,
+            size: SizeClass::Large,
+            seed: 4,
+        },
     ];
     for workload in &insert_workloads {
         let mut rows = Vec::new();
@@ -117,7 +163,11 @@ fn main() {
             let m = populate(&rt, storage, workload, TASKS);
             rows.push(Row { storage: name, m });
         }
-        let title = format!("Insert: {} keys, {}", workload.n_keys, workload.size.label());
+        let title = format!(
+            "Insert: {} keys, {}",
+            workload.n_keys,
+            workload.size.label()
+        );
         report.push_str(&Table { title, rows }.markdown());
         report.push('\n');
     }
@@ -132,7 +182,10 @@ fn main() {
     }
     std::fs::remove_dir_all(&raw_dir).ok();
 
-    report.push_str(&format!("\nTotal time: {:.1}s\n", started.elapsed().as_secs_f64()));
+    report.push_str(&format!(
+        "\nTotal time: {:.1}s\n",
+        started.elapsed().as_secs_f64()
+    ));
     if let Err(e) = report::publish(&args.out, &report) {
         eprintln!("tier-bench: could not write the report: {e}");
         std::process::exit(1);

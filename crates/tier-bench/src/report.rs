@@ -62,11 +62,20 @@ impl Table {
 /// Render the raw disk rates as markdown.
 pub fn raw_markdown(rates: &[RawRate], body_label: &str) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "### Raw std::fs rate of this machine ({body_label} files)\n");
+    let _ = writeln!(
+        out,
+        "### Raw std::fs rate of this machine ({body_label} files)\n"
+    );
     let _ = writeln!(out, "| operation | files/s | MiB/s |");
     let _ = writeln!(out, "|---|---:|---:|");
     for r in rates {
-        let _ = writeln!(out, "| {} | {:.0} | {:.1} |", r.label, r.files_per_sec(), r.mib_per_sec());
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.1} |",
+            r.label,
+            r.files_per_sec(),
+            r.mib_per_sec()
+        );
     }
     out
 }
@@ -104,8 +113,14 @@ mod tests {
         let table = Table {
             title: "t".into(),
             rows: vec![
-                Row { storage: "base".into(), m: measurement(100, 1) },
-                Row { storage: "fast".into(), m: measurement(500, 1) },
+                Row {
+                    storage: "base".into(),
+                    m: measurement(100, 1),
+                },
+                Row {
+                    storage: "fast".into(),
+                    m: measurement(500, 1),
+                },
             ],
         };
         let md = table.markdown();

@@ -72,7 +72,12 @@ pub fn bench_meta() -> CacheMeta {
 }
 
 /// Write key `idx`'s body as one entry, in chunks of at most 64 KiB.
-pub async fn insert(storage: DynStorage, workload: &Workload, meta: &CacheMeta, idx: u64) -> pingora_error::Result<u64> {
+pub async fn insert(
+    storage: DynStorage,
+    workload: &Workload,
+    meta: &CacheMeta,
+    idx: u64,
+) -> pingora_error::Result<u64> {
     let span = Span::inactive().handle();
     let key = workload.key(idx);
     let body = workload.body(idx);
@@ -92,7 +97,12 @@ pub async fn insert(storage: DynStorage, workload: &Workload, meta: &CacheMeta, 
 }
 
 /// Write every key of `workload` once, with `tasks` concurrent writers.
-pub fn populate(rt: &Runtime, storage: DynStorage, workload: &Workload, tasks: usize) -> Measurement {
+pub fn populate(
+    rt: &Runtime,
+    storage: DynStorage,
+    workload: &Workload,
+    tasks: usize,
+) -> Measurement {
     let keys: Vec<u64> = (0..workload.n_keys).collect();
     run_trace(rt, storage, workload, Arc::new(keys), tasks, Op::Insert)
 }
@@ -185,7 +195,10 @@ pub fn run_trace(
         total.misses += m.misses;
         total.corrupt += m.corrupt;
         total.errors += m.errors;
-        total.latency_ns.add(&m.latency_ns).expect("same histogram bounds");
+        total
+            .latency_ns
+            .add(&m.latency_ns)
+            .expect("same histogram bounds");
     }
     total.elapsed = started.elapsed();
     total
@@ -228,11 +241,19 @@ mod tests {
     fn populate_then_read_finds_every_key_intact() {
         let rt = runtime();
         let storage: DynStorage = leak(MemCache::new());
-        let w = Workload { n_keys: 50, alpha: 1.0, size: SizeClass::Small, seed: 3 };
+        let w = Workload {
+            n_keys: 50,
+            alpha: 1.0,
+            size: SizeClass::Small,
+            seed: 3,
+        };
         let wrote = populate(&rt, storage, &w, 2);
         assert_eq!((wrote.ops, wrote.errors), (50, 0));
         let read = run_trace(&rt, storage, &w, Arc::new(w.trace(500)), 4, Op::Read);
-        assert_eq!((read.ops, read.misses, read.corrupt, read.errors), (500, 0, 0, 0));
+        assert_eq!(
+            (read.ops, read.misses, read.corrupt, read.errors),
+            (500, 0, 0, 0)
+        );
         assert!(read.bytes >= 500 * 1024);
     }
 
@@ -240,7 +261,12 @@ mod tests {
     fn a_wrong_body_is_counted_as_corrupt() {
         let rt = runtime();
         let storage: DynStorage = leak(MemCache::new());
-        let w = Workload { n_keys: 2, alpha: 1.0, size: SizeClass::Fixed(300), seed: 3 };
+        let w = Workload {
+            n_keys: 2,
+            alpha: 1.0,
+            size: SizeClass::Fixed(300),
+            seed: 3,
+        };
         // Store key 1's body under key 0.
         let other = Workload { ..w.clone() };
         rt.block_on(async {

@@ -69,7 +69,9 @@ impl Workload {
         (0..n_ops)
             .map(|_| match &zipf {
                 // Zipf samples ranks 1..=n as floats.
-                Some(zipf) => (rng.sample(zipf) as u64).saturating_sub(1).min(self.n_keys - 1),
+                Some(zipf) => (rng.sample(zipf) as u64)
+                    .saturating_sub(1)
+                    .min(self.n_keys - 1),
                 None => rng.random_range(0..self.n_keys),
             })
             .collect()
@@ -130,7 +132,12 @@ mod tests {
 
     #[test]
     fn bodies_verify_in_any_chunking_and_differ_by_key() {
-        let w = Workload { n_keys: 10, alpha: 1.0, size: SizeClass::Fixed(1000), seed: 1 };
+        let w = Workload {
+            n_keys: 10,
+            alpha: 1.0,
+            size: SizeClass::Fixed(1000),
+            seed: 1,
+        };
         let body = w.body(3);
         assert_eq!(body.len(), 1000);
         let p = pattern(3);
@@ -149,7 +156,12 @@ mod tests {
 
     #[test]
     fn trace_is_seeded_and_skewed() {
-        let w = Workload { n_keys: 1000, alpha: 1.0, size: SizeClass::Small, seed: 7 };
+        let w = Workload {
+            n_keys: 1000,
+            alpha: 1.0,
+            size: SizeClass::Small,
+            seed: 7,
+        };
         let a = w.trace(10_000);
         assert_eq!(a, w.trace(10_000));
         assert!(a.iter().all(|&k| k < 1000));
@@ -161,7 +173,12 @@ mod tests {
     #[test]
     fn size_classes_stay_in_bounds() {
         for size in [SizeClass::Small, SizeClass::Medium, SizeClass::Large] {
-            let w = Workload { n_keys: 100, alpha: 1.0, size, seed: 0 };
+            let w = Workload {
+                n_keys: 100,
+                alpha: 1.0,
+                size,
+                seed: 0,
+            };
             let (lo, hi) = size.bounds();
             assert!((0..100).all(|k| (lo..=hi).contains(&w.body_len(k))));
         }

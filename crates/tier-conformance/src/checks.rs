@@ -57,7 +57,10 @@ pub async fn round_trip_headers_and_body(storage: DynStorage) -> CheckResult {
             && read.stale_if_error_sec() == written.stale_if_error_sec(),
         "stale windows changed"
     );
-    ensure!(read.is_fresh(SystemTime::now()), "entry is not fresh after write");
+    ensure!(
+        read.is_fresh(SystemTime::now()),
+        "entry is not fresh after write"
+    );
     Ok(())
 }
 
@@ -166,7 +169,9 @@ pub async fn dropped_miss_handler_leaves_nothing(storage: DynStorage) -> CheckRe
         .ctx("write_body")?;
     drop(miss);
     ensure!(
-        lookup_body(storage, &key).await.is_ok_and(|found| found.is_none()),
+        lookup_body(storage, &key)
+            .await
+            .is_ok_and(|found| found.is_none()),
         "an aborted write left an entry (or a failing lookup) behind"
     );
     Ok(())
@@ -195,7 +200,10 @@ pub async fn rewrite_replaces_entry(storage: DynStorage) -> CheckResult {
     write_entry(storage, &key, &meta("first"), &[b"first body"]).await?;
     write_entry(storage, &key, &meta("second"), &[b"second"]).await?;
     let read = expect_body(storage, &key, b"second").await?;
-    ensure!(marker(&read) == "second", "meta of the first write survived");
+    ensure!(
+        marker(&read) == "second",
+        "meta of the first write survived"
+    );
     Ok(())
 }
 
@@ -273,7 +281,11 @@ pub async fn purge_racing_write_never_publishes_partial(storage: DynStorage) -> 
         .ctx("write_body")?;
     let compact = key.to_compact();
     storage
-        .purge(PurgeTarget::Active(&compact), PurgeType::Invalidation, &span())
+        .purge(
+            PurgeTarget::Active(&compact),
+            PurgeType::Invalidation,
+            &span(),
+        )
         .await
         .ctx("purge")?;
     // The writer may go on and publish, or fail: both are fine.
@@ -390,7 +402,11 @@ pub async fn aborted_writer_fails_reader(storage: DynStorage) -> CheckResult {
 // Seek
 // ---------------------------------------------------------------------------
 
-async fn seekable(storage: DynStorage, check: &str, data: &[u8]) -> Result<pingora_cache::storage::HitHandler, String> {
+async fn seekable(
+    storage: DynStorage,
+    check: &str,
+    data: &[u8],
+) -> Result<pingora_cache::storage::HitHandler, String> {
     let key = unique_key(check);
     write_entry(storage, &key, &meta(check), &[data]).await?;
     let (_, hit) = storage
@@ -408,7 +424,11 @@ pub async fn seek_selects_range(storage: DynStorage) -> CheckResult {
     let mut hit = seekable(storage, "seek-range", &data).await?;
     hit.seek(1234, Some(5678)).ctx("seek")?;
     let got = read_all(&mut hit).await?;
-    ensure!(got == data[1234..5678], "seek served {} bytes, not the range", got.len());
+    ensure!(
+        got == data[1234..5678],
+        "seek served {} bytes, not the range",
+        got.len()
+    );
     Ok(())
 }
 
@@ -434,7 +454,10 @@ pub async fn seek_start_past_end_is_error(storage: DynStorage) -> CheckResult {
     let data = body(8, 100);
     let mut hit = seekable(storage, "seek-past-end", &data).await?;
     ensure!(hit.seek(100, None).is_err(), "seek(len, None) was accepted");
-    ensure!(hit.seek(5000, Some(6000)).is_err(), "seek past the end was accepted");
+    ensure!(
+        hit.seek(5000, Some(6000)).is_err(),
+        "seek past the end was accepted"
+    );
     Ok(())
 }
 
@@ -452,7 +475,10 @@ pub async fn seek_end_past_body_is_clamped(storage: DynStorage) -> CheckResult {
 pub async fn seek_multipart_ranges_in_sequence(storage: DynStorage) -> CheckResult {
     let data = body(11, 5000);
     let mut hit = seekable(storage, "seek-multipart", &data).await?;
-    ensure!(hit.can_seek_multipart(), "hit handler cannot seek multipart");
+    ensure!(
+        hit.can_seek_multipart(),
+        "hit handler cannot seek multipart"
+    );
     for (start, end) in [(0, 10), (4000, 4100), (100, 200), (4990, 5000)] {
         hit.seek_multipart(start, Some(end)).ctx("seek_multipart")?;
         let got = read_all(&mut hit).await?;
@@ -474,7 +500,10 @@ pub async fn seek_multipart_none_end_after_bounded(storage: DynStorage) -> Check
         "seek_multipart(2000, None) served {} bytes, not the rest",
         got.len()
     );
-    ensure!(hit.seek_multipart(3000, None).is_err(), "multipart seek past the end was accepted");
+    ensure!(
+        hit.seek_multipart(3000, None).is_err(),
+        "multipart seek past the end was accepted"
+    );
     Ok(())
 }
 
@@ -488,11 +517,21 @@ pub async fn purge_active_removes_entry(storage: DynStorage) -> CheckResult {
     write_entry(storage, &key, &meta("p"), &[b"gone soon"]).await?;
     let compact = key.to_compact();
     let outcome = storage
-        .purge(PurgeTarget::Active(&compact), PurgeType::Invalidation, &span())
+        .purge(
+            PurgeTarget::Active(&compact),
+            PurgeType::Invalidation,
+            &span(),
+        )
         .await
         .ctx("purge")?;
-    ensure!(matches!(outcome, PurgeOutcome::Purged(_)), "purge returned {outcome:?}");
-    ensure!(lookup_body(storage, &key).await?.is_none(), "entry still found after purge");
+    ensure!(
+        matches!(outcome, PurgeOutcome::Purged(_)),
+        "purge returned {outcome:?}"
+    );
+    ensure!(
+        lookup_body(storage, &key).await?.is_none(),
+        "entry still found after purge"
+    );
     Ok(())
 }
 
@@ -505,8 +544,14 @@ pub async fn purge_exact_removes_entry(storage: DynStorage) -> CheckResult {
         .purge(PurgeTarget::Exact(&entry), PurgeType::Invalidation, &span())
         .await
         .ctx("purge")?;
-    ensure!(matches!(outcome, PurgeOutcome::Purged(_)), "purge returned {outcome:?}");
-    ensure!(lookup_body(storage, &key).await?.is_none(), "entry still found after purge");
+    ensure!(
+        matches!(outcome, PurgeOutcome::Purged(_)),
+        "purge returned {outcome:?}"
+    );
+    ensure!(
+        lookup_body(storage, &key).await?.is_none(),
+        "entry still found after purge"
+    );
     Ok(())
 }
 
@@ -514,10 +559,17 @@ pub async fn purge_exact_removes_entry(storage: DynStorage) -> CheckResult {
 pub async fn purge_absent_is_not_found(storage: DynStorage) -> CheckResult {
     let compact = unique_key("purge-absent").to_compact();
     let outcome = storage
-        .purge(PurgeTarget::Active(&compact), PurgeType::Invalidation, &span())
+        .purge(
+            PurgeTarget::Active(&compact),
+            PurgeType::Invalidation,
+            &span(),
+        )
         .await
         .ctx("purge")?;
-    ensure!(outcome == PurgeOutcome::NotFound, "purge of an absent key returned {outcome:?}");
+    ensure!(
+        outcome == PurgeOutcome::NotFound,
+        "purge of an absent key returned {outcome:?}"
+    );
     Ok(())
 }
 
@@ -531,7 +583,10 @@ pub async fn purge_exact_mismatched_id_keeps_entry(storage: DynStorage) -> Check
         .purge(PurgeTarget::Exact(&entry), PurgeType::Eviction, &span())
         .await
         .ctx("purge")?;
-    ensure!(outcome == PurgeOutcome::NotFound, "mismatched exact purge returned {outcome:?}");
+    ensure!(
+        outcome == PurgeOutcome::NotFound,
+        "mismatched exact purge returned {outcome:?}"
+    );
     expect_body(storage, &key, b"still here").await?;
     Ok(())
 }
@@ -545,8 +600,14 @@ pub async fn purge_eviction_removes_entry(storage: DynStorage) -> CheckResult {
         .purge(PurgeTarget::Exact(&entry), PurgeType::Eviction, &span())
         .await
         .ctx("purge")?;
-    ensure!(matches!(outcome, PurgeOutcome::Purged(_)), "eviction purge returned {outcome:?}");
-    ensure!(lookup_body(storage, &key).await?.is_none(), "entry found after eviction");
+    ensure!(
+        matches!(outcome, PurgeOutcome::Purged(_)),
+        "eviction purge returned {outcome:?}"
+    );
+    ensure!(
+        lookup_body(storage, &key).await?.is_none(),
+        "entry found after eviction"
+    );
     Ok(())
 }
 
@@ -557,10 +618,17 @@ pub async fn purge_active_reports_entry_id(storage: DynStorage) -> CheckResult {
     ensure!(id.is_some(), "miss handler returned no entry id");
     let compact = key.to_compact();
     let outcome = storage
-        .purge(PurgeTarget::Active(&compact), PurgeType::Invalidation, &span())
+        .purge(
+            PurgeTarget::Active(&compact),
+            PurgeType::Invalidation,
+            &span(),
+        )
         .await
         .ctx("purge")?;
-    ensure!(outcome == PurgeOutcome::Purged(id), "purge returned {outcome:?}, wrote {id:?}");
+    ensure!(
+        outcome == PurgeOutcome::Purged(id),
+        "purge returned {outcome:?}, wrote {id:?}"
+    );
     Ok(())
 }
 
@@ -574,9 +642,15 @@ pub async fn expire_keeps_body_and_makes_stale(storage: DynStorage) -> CheckResu
         .expire(PurgeTarget::Active(&compact), &span())
         .await
         .ctx("expire")?;
-    ensure!(outcome == PurgeOutcome::Expired, "expire returned {outcome:?}");
+    ensure!(
+        outcome == PurgeOutcome::Expired,
+        "expire returned {outcome:?}"
+    );
     let read = expect_body(storage, &key, &data).await?;
-    ensure!(!read.is_fresh(SystemTime::now()), "entry is still fresh after expire");
+    ensure!(
+        !read.is_fresh(SystemTime::now()),
+        "entry is still fresh after expire"
+    );
     ensure!(marker(&read) == "exp", "expire changed the headers");
     Ok(())
 }
@@ -588,7 +662,10 @@ pub async fn expire_absent_is_not_found(storage: DynStorage) -> CheckResult {
         .expire(PurgeTarget::Active(&compact), &span())
         .await
         .ctx("expire")?;
-    ensure!(outcome == PurgeOutcome::NotFound, "expire of an absent key returned {outcome:?}");
+    ensure!(
+        outcome == PurgeOutcome::NotFound,
+        "expire of an absent key returned {outcome:?}"
+    );
     Ok(())
 }
 
@@ -610,7 +687,10 @@ pub async fn update_meta_replaces_headers(storage: DynStorage) -> CheckResult {
         .ctx("update_meta")?;
     ensure!(found, "update_meta of a stored entry returned false");
     let read = expect_body(storage, &key, b"same body").await?;
-    ensure!(marker(&read) == "after", "update_meta did not replace the headers");
+    ensure!(
+        marker(&read) == "after",
+        "update_meta did not replace the headers"
+    );
     ensure!(
         read.fresh_until() > SystemTime::now() + std::time::Duration::from_secs(3600),
         "update_meta did not replace the freshness"
@@ -626,7 +706,10 @@ pub async fn update_meta_absent_returns_false(storage: DynStorage) -> CheckResul
         .await
         .ctx("update_meta")?;
     ensure!(!found, "update_meta of an absent key returned true");
-    ensure!(lookup_body(storage, &key).await?.is_none(), "update_meta created an entry");
+    ensure!(
+        lookup_body(storage, &key).await?.is_none(),
+        "update_meta created an entry"
+    );
     Ok(())
 }
 
@@ -644,7 +727,11 @@ pub async fn entry_id_same_from_miss_and_hit(storage: DynStorage) -> CheckResult
         .await
         .ctx("lookup")?
         .ok_or("entry missing")?;
-    ensure!(hit.entry_id() == id, "hit reports {:?}, miss said {id:?}", hit.entry_id());
+    ensure!(
+        hit.entry_id() == id,
+        "hit reports {:?}, miss said {id:?}",
+        hit.entry_id()
+    );
     Ok(())
 }
 
@@ -653,14 +740,23 @@ pub async fn entry_id_new_for_each_write(storage: DynStorage) -> CheckResult {
     let key = unique_key("entry-id-new");
     let first = write_entry(storage, &key, &meta("1"), &[b"one"]).await?;
     let second = write_entry(storage, &key, &meta("2"), &[b"two"]).await?;
-    ensure!(first.is_some() && second.is_some(), "miss handler returned no entry id");
-    ensure!(first != second, "two writes of one key got the same id {first:?}");
+    ensure!(
+        first.is_some() && second.is_some(),
+        "miss handler returned no entry id"
+    );
+    ensure!(
+        first != second,
+        "two writes of one key got the same id {first:?}"
+    );
     let old = CacheEntryKey::from_entry_id(key.to_compact(), first);
     let outcome = storage
         .purge(PurgeTarget::Exact(&old), PurgeType::Eviction, &span())
         .await
         .ctx("purge")?;
-    ensure!(outcome == PurgeOutcome::NotFound, "a stale id purged the new generation: {outcome:?}");
+    ensure!(
+        outcome == PurgeOutcome::NotFound,
+        "a stale id purged the new generation: {outcome:?}"
+    );
     expect_body(storage, &key, b"two").await?;
     Ok(())
 }

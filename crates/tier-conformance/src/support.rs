@@ -54,7 +54,10 @@ pub(crate) fn unique_key(check: &str) -> CacheKey {
 pub(crate) fn meta(marker: &str) -> CacheMeta {
     tier_core::testing::meta_fresh_for(
         Duration::from_secs(3600),
-        &[("x-conformance", marker), ("content-type", "application/octet-stream")],
+        &[
+            ("x-conformance", marker),
+            ("content-type", "application/octet-stream"),
+        ],
     )
 }
 
@@ -92,7 +95,9 @@ pub(crate) async fn write_entry(
             .ctx("write_body")?;
     }
     if chunks.is_empty() {
-        miss.write_body(Bytes::new(), true).await.ctx("write_body")?;
+        miss.write_body(Bytes::new(), true)
+            .await
+            .ctx("write_body")?;
     }
     let id = miss.entry_id();
     miss.finish().await.ctx("finish")?;

@@ -45,7 +45,10 @@ async fn memcache_fails_exactly_its_known_defects() {
         .map(|c| c.name)
         .collect();
     assert_eq!(skipped, expected_skips);
-    assert!(report.skipped.iter().all(|(_, why)| why.contains("entry id")));
+    assert!(report
+        .skipped
+        .iter()
+        .all(|(_, why)| why.contains("entry id")));
     assert_eq!(
         report.passed.len() + report.failed.len() + report.skipped.len(),
         all_checks().len()

@@ -133,8 +133,14 @@ mod tests {
         let key = key_with(b"/x", None, "").to_compact();
         let name = entry_file_name(&key);
         let path = entry_relative_path(&key);
-        let parts: Vec<_> = path.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-        assert_eq!(parts, vec![name[0..2].to_string(), name[2..4].to_string(), name]);
+        let parts: Vec<_> = path
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            parts,
+            vec![name[0..2].to_string(), name[2..4].to_string(), name]
+        );
     }
 
     proptest! {

@@ -64,10 +64,7 @@ impl<S: Storage + Send + Sync + 'static> PlainTier<S> {
         &self.inner
     }
 
-    fn count_lookup(
-        &self,
-        found: &Result<Option<(CacheMeta, HitHandler)>>,
-    ) {
+    fn count_lookup(&self, found: &Result<Option<(CacheMeta, HitHandler)>>) {
         match found {
             Ok(Some(_)) => self.counters.record_hit(),
             Ok(None) => self.counters.record_miss(),
@@ -115,8 +112,7 @@ impl<S: Storage + Send + Sync + 'static> Storage for PlainTier<S> {
         meta: &CacheMeta,
         trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let inner = self
-            .count_error(self.inner.get_miss_handler(key, meta, trace).await)?;
+        let inner = self.count_error(self.inner.get_miss_handler(key, meta, trace).await)?;
         Ok(Box::new(CountingMiss {
             inner,
             counters: &self.counters,
@@ -227,8 +223,13 @@ mod tests {
         let key = CacheKey::new("plain-counts", "");
         assert!(TIER.lookup(&key, &span).await.expect("lookup").is_none());
         let meta = meta_with_header("x-test", "1");
-        let mut miss = TIER.get_miss_handler(&key, &meta, &span).await.expect("miss");
-        miss.write_body(Bytes::from_static(b"body"), true).await.expect("write");
+        let mut miss = TIER
+            .get_miss_handler(&key, &meta, &span)
+            .await
+            .expect("miss");
+        miss.write_body(Bytes::from_static(b"body"), true)
+            .await
+            .expect("write");
         miss.finish().await.expect("finish");
         assert!(TIER.lookup(&key, &span).await.expect("lookup").is_some());
         let stats = TIER.stats();
@@ -241,8 +242,13 @@ mod tests {
         let mut key = CacheKey::new("plain-compact", "tag");
         key.set_variance_key(pingora_cache::key::hash_key("gzip"));
         let meta = meta_with_header("x-test", "2");
-        let mut miss = TIER.get_miss_handler(&key, &meta, &span).await.expect("miss");
-        miss.write_body(Bytes::from_static(b"varied"), true).await.expect("write");
+        let mut miss = TIER
+            .get_miss_handler(&key, &meta, &span)
+            .await
+            .expect("miss");
+        miss.write_body(Bytes::from_static(b"varied"), true)
+            .await
+            .expect("write");
         miss.finish().await.expect("finish");
 
         let (_, mut hit) = TIER
@@ -250,7 +256,10 @@ mod tests {
             .await
             .expect("lookup")
             .expect("found by compact key");
-        assert_eq!(hit.read_body().await.expect("read").as_deref(), Some(&b"varied"[..]));
+        assert_eq!(
+            hit.read_body().await.expect("read").as_deref(),
+            Some(&b"varied"[..])
+        );
         // MemCache assigns no entry ids, so asking for a specific one finds nothing.
         let by_id = TIER
             .lookup_entry(&key.to_compact(), Some(CacheEntryId::new(7)), &span)

@@ -15,8 +15,8 @@ pub fn meta_with_header(name: &'static str, value: &str) -> CacheMeta {
 /// 60-second stale-while-revalidate and a 120-second stale-if-error window.
 pub fn meta_fresh_for(ttl: Duration, headers: &[(&'static str, &str)]) -> CacheMeta {
     let now = SystemTime::now();
-    let mut header = ResponseHeader::build(200, Some(headers.len()))
-        .expect("a 200 status always builds");
+    let mut header =
+        ResponseHeader::build(200, Some(headers.len())).expect("a 200 status always builds");
     for (name, value) in headers {
         // Invalid header values are a bug in the calling test, not input.
         header
