@@ -1,6 +1,7 @@
 //! A hit handler over a complete body held in memory.
 
 use std::any::Any;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,34 +15,67 @@ use crate::error::seek_out_of_range;
 
 /// Serves a complete in-memory body, with range seeks.
 ///
-/// Reading hands out the selected range as one [`Bytes`] slice of the stored
-/// body: no copy, however large the body. `seek(start, end)` selects
-/// `start..end` (`end` clamped to the body length); `end: None` always means the
-/// end of the body, whatever an earlier seek selected. A `start` at or past the
-/// end of a non-empty body is an error, and so is an `end` before `start`.
-/// An empty body reads as the end of body at once, and `seek(0, _)` on it is
-/// allowed and selects nothing.
+/// The body is one [`Bytes`] or a list of chunks ([`BodyHitHandler::from_chunks`]).
+/// Reading hands out slices of the stored chunks: no copy, however large the
+/// body. `seek(start, end)` selects `start..end` (`end` clamped to the body
+/// length); `end: None` always means the end of the body, whatever an earlier
+/// seek selected. A `start` at or past the end of a non-empty body is an error,
+/// and so is an `end` before `start`. An empty body reads as the end of body at
+/// once, and `seek(0, _)` on it is allowed and selects nothing.
 #[derive(Debug, Clone)]
 pub struct BodyHitHandler {
-    body: Bytes,
-    start: usize,
+    chunks: Chunks,
+    len: usize,
+    /// Next byte to hand out, as an offset into the body.
+    pos: usize,
     end: usize,
-    done: bool,
+    /// The chunk holding `pos`, and that chunk's offset in the body.
+    chunk_idx: usize,
+    chunk_start: usize,
     entry_id: Option<CacheEntryId>,
     eviction_weight: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Chunks {
+    One(Bytes),
+    Many(Arc<[Bytes]>),
+}
+
+impl Chunks {
+    fn get(&self, idx: usize) -> Option<&Bytes> {
+        match self {
+            Chunks::One(bytes) => (idx == 0).then_some(bytes),
+            Chunks::Many(chunks) => chunks.get(idx),
+        }
+    }
 }
 
 impl BodyHitHandler {
     /// A handler that serves all of `body`.
     pub fn new(body: Bytes) -> Self {
-        let end = body.len();
+        Self::with_chunks(Chunks::One(body))
+    }
+
+    /// A handler that serves `chunks` one after another as one body.
+    pub fn from_chunks(chunks: Arc<[Bytes]>) -> Self {
+        Self::with_chunks(Chunks::Many(chunks))
+    }
+
+    fn with_chunks(chunks: Chunks) -> Self {
+        let len = match &chunks {
+            Chunks::One(bytes) => bytes.len(),
+            Chunks::Many(chunks) => chunks.iter().map(Bytes::len).sum(),
+        };
         BodyHitHandler {
-            eviction_weight: end,
-            body,
-            start: 0,
-            end,
-            done: false,
+            chunks,
+            len,
+            pos: 0,
+            end: len,
+            chunk_idx: 0,
+            chunk_start: 0,
             entry_id: None,
+            eviction_weight: len,
         }
     }
 
@@ -58,13 +92,13 @@ impl BodyHitHandler {
         self
     }
 
-    /// The whole stored body, whatever range is selected.
-    pub fn body(&self) -> &Bytes {
-        &self.body
+    /// The length of the whole stored body, whatever range is selected.
+    pub fn body_len(&self) -> usize {
+        self.len
     }
 
     fn select(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        let len = self.body.len();
+        let len = self.len;
         let past_end = if len == 0 { start > 0 } else { start >= len };
         if past_end {
             return Err(seek_out_of_range(start, end, len));
@@ -73,10 +107,15 @@ impl BodyHitHandler {
         if end < start {
             return Err(seek_out_of_range(start, Some(end), len));
         }
-        self.start = start;
-        self.end = end;
         // A seek restarts reading, so one handler can serve several ranges.
-        self.done = false;
+        self.pos = start;
+        self.end = end;
+        // Walk back to the chunk holding `start`: rewind when seeking
+        // backwards, then move forward in `read_body`.
+        if start < self.chunk_start {
+            self.chunk_idx = 0;
+            self.chunk_start = 0;
+        }
         Ok(())
     }
 }
@@ -84,12 +123,22 @@ impl BodyHitHandler {
 #[async_trait]
 impl HandleHit for BodyHitHandler {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
-        if self.done || self.start == self.end {
-            self.done = true;
-            return Ok(None);
+        while self.pos < self.end {
+            let Some(chunk) = self.chunks.get(self.chunk_idx) else {
+                break;
+            };
+            let chunk_end = self.chunk_start + chunk.len();
+            if self.pos >= chunk_end {
+                self.chunk_idx += 1;
+                self.chunk_start = chunk_end;
+                continue;
+            }
+            let from = self.pos - self.chunk_start;
+            let to = self.end.min(chunk_end) - self.chunk_start;
+            self.pos += to - from;
+            return Ok(Some(chunk.slice(from..to)));
         }
-        self.done = true;
-        Ok(Some(self.body.slice(self.start..self.end)))
+        Ok(None)
     }
 
     async fn finish(
@@ -203,7 +252,51 @@ mod tests {
         assert!(hit.seek(1, None).is_err());
     }
 
+    #[test]
+    fn chunked_body_reads_and_seeks_across_chunk_boundaries() {
+        let chunks: Arc<[Bytes]> = vec![
+            Bytes::from_static(b"012"),
+            Bytes::new(),
+            Bytes::from_static(b"3456"),
+            Bytes::from_static(b"789"),
+        ]
+        .into();
+        let mut hit = BodyHitHandler::from_chunks(chunks);
+        assert_eq!(hit.body_len(), 10);
+        assert_eq!(read_all(&mut hit), b"0123456789");
+        hit.seek(2, Some(8)).expect("seek");
+        assert_eq!(read_all(&mut hit), b"234567");
+        hit.seek(8, None).expect("seek");
+        assert_eq!(read_all(&mut hit), b"89");
+        hit.seek_multipart(0, Some(1)).expect("seek back");
+        assert_eq!(read_all(&mut hit), b"0");
+    }
+
     proptest! {
+        #[test]
+        fn chunked_seek_matches_slice_semantics(
+            sizes in proptest::collection::vec(0usize..9, 0..6),
+            seeks in proptest::collection::vec((0usize..50, proptest::option::of(0usize..50)), 1..4),
+        ) {
+            let mut body = Vec::new();
+            let mut chunks = Vec::new();
+            for size in sizes {
+                let chunk: Vec<u8> = (body.len()..body.len() + size).map(|b| b as u8).collect();
+                body.extend_from_slice(&chunk);
+                chunks.push(Bytes::from(chunk));
+            }
+            let mut hit = BodyHitHandler::from_chunks(chunks.into());
+            let len = body.len();
+            for (start, end) in seeks {
+                let clamped_end = end.map_or(len, |e| e.min(len));
+                let valid = (start < len || (len == 0 && start == 0)) && clamped_end >= start;
+                prop_assert_eq!(hit.seek(start, end).is_ok(), valid);
+                if valid {
+                    prop_assert_eq!(read_all(&mut hit), body[start..clamped_end].to_vec());
+                }
+            }
+        }
+
         #[test]
         fn any_seek_matches_slice_semantics(
             len in 0usize..64,

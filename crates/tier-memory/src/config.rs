@@ -1,0 +1,91 @@
+//! [`MemoryConfig`]: the memory tier's knobs, with defaults that run.
+
+/// Configuration of a [`MemoryStorage`](crate::MemoryStorage).
+///
+/// ```
+/// use tier_memory::MemoryConfig;
+///
+/// let config = MemoryConfig::new(512 << 20) // 512 MiB in all
+///     .max_object_bytes(16 << 20)           // refuse bodies over 16 MiB
+///     .name("edge-memory");
+/// assert_eq!(config.capacity_bytes(), 512 << 20);
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryConfig {
+    pub(crate) capacity_bytes: usize,
+    pub(crate) max_object_bytes: Option<usize>,
+    pub(crate) shards: Option<usize>,
+    pub(crate) name: String,
+    pub(crate) small_queue_percent: usize,
+}
+
+impl Default for MemoryConfig {
+    /// 256 MiB, objects up to 32 MiB.
+    fn default() -> Self {
+        MemoryConfig::new(256 << 20)
+    }
+}
+
+impl MemoryConfig {
+    /// A tier that holds at most `capacity_bytes`, counting bodies, meta and
+    /// per-entry overhead, and entries still being written.
+    pub fn new(capacity_bytes: usize) -> Self {
+        MemoryConfig {
+            capacity_bytes,
+            max_object_bytes: None,
+            shards: None,
+            name: "memory".to_string(),
+            small_queue_percent: 10,
+        }
+    }
+
+    /// Refuse bodies longer than this (default: an eighth of the capacity).
+    /// A write that grows past it fails at `write_body` and leaves nothing.
+    pub fn max_object_bytes(mut self, bytes: usize) -> Self {
+        self.max_object_bytes = Some(bytes);
+        self
+    }
+
+    /// How many independently locked shards (default: 64, fewer for tiny
+    /// capacities). Rounded up to a power of two.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// The name in logs, errors and metrics (default `"memory"`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The share of each shard's capacity given to S3-FIFO's probationary
+    /// queue, in percent (default 10, as the S3-FIFO paper recommends).
+    pub fn small_queue_percent(mut self, percent: usize) -> Self {
+        self.small_queue_percent = percent.clamp(1, 90);
+        self
+    }
+
+    /// The byte bound.
+    pub fn capacity_bytes(&self) -> usize {
+        self.capacity_bytes
+    }
+
+    /// The per-object body limit in force: the configured one, or an eighth of
+    /// the capacity, and never more than the capacity.
+    pub fn effective_max_object_bytes(&self) -> usize {
+        self.max_object_bytes
+            .unwrap_or(self.capacity_bytes / 8)
+            .min(self.capacity_bytes)
+    }
+
+    pub(crate) fn effective_shards(&self) -> usize {
+        // Small caches get fewer shards so each shard's probationary queue
+        // still holds a useful number of entries.
+        let by_size = (self.capacity_bytes / (1 << 20)).clamp(1, 64);
+        self.shards
+            .unwrap_or(by_size)
+            .clamp(1, 1024)
+            .next_power_of_two()
+    }
+}

@@ -1,0 +1,618 @@
+//! [`MemoryStorage`]: the `Storage` and `Tier` implementations.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::RwLock;
+use pingora_cache::eviction::CacheEntryId;
+use pingora_cache::key::CompactCacheKey;
+use pingora_cache::storage::streaming_write::U64WriteId;
+use pingora_cache::storage::{
+    HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
+    Storage,
+};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::{CacheKey, CacheMeta};
+use pingora_error::{Error, ErrorType, Result};
+use tier_core::{Capabilities, EvictedEntry, EvictionListener, StatsCounters, Tier, TierStats};
+
+use crate::config::MemoryConfig;
+use crate::entry::{
+    key_charge, Body, Entry, KeyRef, OwnedKeyHashes, StoredMeta, CHUNK_OVERHEAD, ENTRY_OVERHEAD,
+};
+use crate::inflight::Inflight;
+use crate::shard::Shard;
+
+/// Bodies of at most this many bytes written in several chunks are joined
+/// into one buffer when published, so their hits are a single read.
+const JOIN_CHUNKS_UP_TO: usize = 1 << 20;
+
+/// A byte-bounded, sharded memory storage with S3-FIFO eviction.
+///
+/// See the [crate docs](crate) for an example. Like every pingora storage it
+/// is used through `&'static` references: keep it in a `static` (with
+/// `LazyLock`) or leak it with `Box::leak`.
+pub struct MemoryStorage {
+    config: MemoryConfig,
+    name: Arc<str>,
+    max_object_bytes: usize,
+    shards: Box<[Shard]>,
+    shard_shift: u32,
+    /// Bytes charged now: published entries plus writes in progress.
+    used: AtomicUsize,
+    next_id: AtomicU64,
+    /// Where the next eviction that cannot be served by the writer's own
+    /// shard starts looking, so pressure spreads over all shards.
+    evict_cursor: AtomicUsize,
+    listener: RwLock<Option<Arc<dyn EvictionListener>>>,
+    counters: StatsCounters,
+}
+
+impl std::fmt::Debug for MemoryStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStorage")
+            .field("config", &self.config)
+            .field("used", &self.used.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStorage {
+    /// A new, empty tier.
+    pub fn new(config: MemoryConfig) -> Self {
+        let n_shards = config.effective_shards();
+        MemoryStorage {
+            name: Arc::from(config.name.as_str()),
+            max_object_bytes: config.effective_max_object_bytes(),
+            shards: (0..n_shards).map(|_| Shard::default()).collect(),
+            shard_shift: 64 - n_shards.trailing_zeros(),
+            used: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            evict_cursor: AtomicUsize::new(0),
+            listener: RwLock::new(None),
+            counters: StatsCounters::new(),
+            config,
+        }
+    }
+
+    /// The configuration this tier runs with.
+    pub fn config(&self) -> &MemoryConfig {
+        &self.config
+    }
+
+    /// Bytes charged against the capacity now, including writes in progress.
+    pub fn used_bytes(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn shard_of(&self, hash: u64) -> usize {
+        if self.shard_shift >= 64 {
+            0
+        } else {
+            (hash >> self.shard_shift) as usize
+        }
+    }
+
+    fn small_target(&self) -> usize {
+        self.config.capacity_bytes / self.shards.len() * self.config.small_queue_percent / 100
+    }
+
+    /// Charge `bytes` against the capacity, evicting until they fit. Fails
+    /// only when nothing is left to evict (the rest is in writes in progress).
+    fn reserve(&self, bytes: usize, home: usize) -> Result<()> {
+        let capacity = self.config.capacity_bytes;
+        let mut evicted = Vec::new();
+        let result = loop {
+            let used = self.used.load(Ordering::Relaxed);
+            if used + bytes <= capacity {
+                if self
+                    .used
+                    .compare_exchange_weak(used, used + bytes, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    break Ok(());
+                }
+                continue;
+            }
+            match self.evict_one(home) {
+                Some(entry) => evicted.push(entry),
+                None => {
+                    break Err(Error::explain(
+                        ErrorType::Custom("TierFull"),
+                        format!(
+                            "{}: cannot fit {bytes} more bytes in {capacity}: the rest is held by writes in progress",
+                            self.name
+                        ),
+                    ))
+                }
+            }
+        };
+        self.notify_evicted(evicted);
+        result
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Evict one entry, from the writer's shard if it has one, else from the
+    /// next shard that does.
+    fn evict_one(&self, home: usize) -> Option<Arc<Entry>> {
+        let n = self.shards.len();
+        let start = self.evict_cursor.fetch_add(1, Ordering::Relaxed);
+        let order = std::iter::once(home).chain((0..n).map(|i| (start + i) % n));
+        for idx in order {
+            if let Some(entry) = self.shards[idx].evict_one(self.small_target(), 256) {
+                self.release(entry.charge);
+                self.counters.remove_entry(entry.charge as u64);
+                self.counters.record_eviction();
+                return Some(entry);
+            }
+        }
+        None
+    }
+
+    /// Hand evicted entries to the listener, if any, outside every lock.
+    fn notify_evicted(&self, evicted: Vec<Arc<Entry>>) {
+        if evicted.is_empty() {
+            return;
+        }
+        let Some(listener) = self.listener.read().clone() else {
+            return;
+        };
+        for entry in evicted {
+            match entry.meta.to_cache_meta() {
+                Ok(meta) => listener.on_evict(EvictedEntry {
+                    key: entry.key.clone(),
+                    entry_id: Some(CacheEntryId::new(entry.id)),
+                    meta,
+                    body: Box::new(entry.hit_handler()),
+                }),
+                Err(_) => self.counters.record_error(),
+            }
+        }
+    }
+
+    fn find(&self, key: KeyRef<'_>, id: Option<u64>) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let hash = key.hash64();
+        let shard = &self.shards[self.shard_of(hash)];
+        let maps = shard.maps.read();
+        // A write in progress wins over the published entry, so a refreshed
+        // response becomes visible as soon as it starts streaming.
+        if let Some(writes) = maps.writing.get(&hash) {
+            let newest = writes
+                .iter()
+                .rev()
+                .find(|w| id.is_none_or(|id| id == w.id))
+                .cloned();
+            if let Some(write) = newest {
+                drop(maps);
+                let meta = write.meta.to_cache_meta()?;
+                shard.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some((meta, Box::new(write.reader()))));
+            }
+        }
+        let found = maps
+            .complete
+            .get(&hash)
+            .filter(|entry| entry.matches(&key) && id.is_none_or(|id| id == entry.id))
+            .cloned();
+        drop(maps);
+        match found {
+            Some(entry) => {
+                entry.touch();
+                shard.hits.fetch_add(1, Ordering::Relaxed);
+                Ok(Some((
+                    entry.meta.to_cache_meta()?,
+                    Box::new(entry.hit_handler()),
+                )))
+            }
+            None => {
+                shard.misses.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Remove the complete entry the target names.
+    fn remove_target(&self, target: PurgeTarget<'_>) -> Option<Arc<Entry>> {
+        let (key, id) = split_target(target);
+        let key_ref = KeyRef::from_compact(key);
+        let hash = key_ref.hash64();
+        let removed = self.shards[self.shard_of(hash)].remove_if(hash, |entry| {
+            entry.matches(&key_ref) && id.is_none_or(|id| id == entry.id)
+        })?;
+        self.release(removed.charge);
+        self.counters.remove_entry(removed.charge as u64);
+        Some(removed)
+    }
+
+    /// Replace the meta of the entry under `key` (and `id`, if given).
+    /// Returns whether an entry was found and changed.
+    fn replace_meta(&self, key: KeyRef<'_>, id: Option<u64>, meta: StoredMeta) -> bool {
+        let hash = key.hash64();
+        let home = self.shard_of(hash);
+        let shard = &self.shards[home];
+        let (old_charge, old_meta_charge) = {
+            let maps = shard.maps.read();
+            match maps.complete.get(&hash) {
+                Some(entry) if entry.matches(&key) && id.is_none_or(|id| id == entry.id) => {
+                    (entry.charge, entry.meta.charge())
+                }
+                _ => return false,
+            }
+        };
+        let new_charge = old_charge - old_meta_charge + meta.charge();
+        // Charge a growth before making it, so the bound holds throughout.
+        let grow = new_charge.saturating_sub(old_charge);
+        if grow > 0 && self.reserve(grow, home).is_err() {
+            return false;
+        }
+        let replaced = shard.replace_if(
+            hash,
+            |entry| entry.matches(&key) && id.is_none_or(|id| id == entry.id),
+            |entry| entry.with_meta(meta),
+        );
+        match replaced {
+            Some((old, new)) => {
+                // Settle the difference between what was reserved and what changed.
+                let reserved_total = old.charge + grow;
+                if reserved_total > new.charge {
+                    self.release(reserved_total - new.charge);
+                } else if new.charge > reserved_total {
+                    self.used
+                        .fetch_add(new.charge - reserved_total, Ordering::AcqRel);
+                }
+                self.counters.remove_entry(old.charge as u64);
+                self.counters.add_entry(new.charge as u64);
+                true
+            }
+            None => {
+                self.release(grow);
+                false
+            }
+        }
+    }
+}
+
+fn split_target(target: PurgeTarget<'_>) -> (&CompactCacheKey, Option<u64>) {
+    match target {
+        PurgeTarget::Active(key) => (key, None),
+        PurgeTarget::Exact(entry) => (entry.key(), entry.entry_id().map(CacheEntryId::get)),
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let hashes = OwnedKeyHashes::of(key);
+        self.find(hashes.as_ref(), None)
+    }
+
+    async fn lookup_streaming_write(
+        &'static self,
+        key: &CacheKey,
+        streaming_write_tag: Option<&[u8]>,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let hashes = OwnedKeyHashes::of(key);
+        let id = match streaming_write_tag {
+            None => None,
+            Some(tag) => match U64WriteId::try_from(tag) {
+                Ok(id) => Some(u64::from(id)),
+                // A tag this tier did not make names no write of ours.
+                Err(_) => return Ok(None),
+            },
+        };
+        self.find(hashes.as_ref(), id)
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let compact = key.to_compact();
+        let hash = KeyRef::from_compact(&compact).hash64();
+        let home = self.shard_of(hash);
+        let stored_meta = StoredMeta::new(meta)?;
+        // Every entry has at least one chunk slot, even with an empty body.
+        let fixed = ENTRY_OVERHEAD + key_charge(&compact) + stored_meta.charge() + CHUNK_OVERHEAD;
+        if let Err(e) = self.reserve(fixed, home) {
+            self.counters.record_rejection();
+            return Err(e);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let inflight = Arc::new(Inflight::new(id, stored_meta, self.name.clone()));
+        self.shards[home]
+            .maps
+            .write()
+            .writing
+            .entry(hash)
+            .or_default()
+            .push(inflight.clone());
+        Ok(Box::new(MemoryMissHandler {
+            storage: self,
+            key: compact,
+            hash,
+            home,
+            id,
+            tag: U64WriteId::from(id),
+            inflight,
+            reserved: fixed,
+            body_len: 0,
+            n_chunks: 0,
+            state: WriteState::Open,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        Ok(match self.remove_target(target) {
+            Some(entry) => PurgeOutcome::Purged(Some(CacheEntryId::new(entry.id))),
+            None => PurgeOutcome::NotFound,
+        })
+    }
+
+    async fn expire(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let (key, id) = split_target(target);
+        let key_ref = KeyRef::from_compact(key);
+        let hash = key_ref.hash64();
+        let current = {
+            let maps = self.shards[self.shard_of(hash)].maps.read();
+            maps.complete
+                .get(&hash)
+                .filter(|entry| entry.matches(&key_ref) && id.is_none_or(|id| id == entry.id))
+                .cloned()
+        };
+        let Some(entry) = current else {
+            return Ok(PurgeOutcome::NotFound);
+        };
+        let mut meta = entry.meta.to_cache_meta()?;
+        meta.expire_at(SystemTime::now());
+        let stored = StoredMeta::new(&meta)?;
+        // Only this generation: a write that replaced it meanwhile is fresh.
+        Ok(if self.replace_meta(key_ref, Some(entry.id), stored) {
+            PurgeOutcome::Expired
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let hashes = OwnedKeyHashes::of(key);
+        let stored = StoredMeta::new(meta)?;
+        Ok(self.replace_meta(hashes.as_ref(), None, stored))
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+#[async_trait]
+impl Tier for MemoryStorage {
+    fn tier_name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::all();
+        caps.max_object_bytes = Some(self.max_object_bytes);
+        caps
+    }
+
+    async fn lookup_entry(
+        &'static self,
+        key: &CompactCacheKey,
+        entry_id: Option<CacheEntryId>,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        self.find(KeyRef::from_compact(key), entry_id.map(CacheEntryId::get))
+    }
+
+    fn set_eviction_listener(&self, listener: Arc<dyn EvictionListener>) -> bool {
+        *self.listener.write() = Some(listener);
+        true
+    }
+
+    fn stats(&self) -> TierStats {
+        let mut stats = self.counters.snapshot();
+        for shard in self.shards.iter() {
+            stats.hits += shard.hits.load(Ordering::Relaxed);
+            stats.misses += shard.misses.load(Ordering::Relaxed);
+        }
+        stats.bytes = self.used_bytes() as u64;
+        stats
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteState {
+    Open,
+    Failed,
+    Finished,
+}
+
+/// Writes one entry: reserves its bytes as they arrive, lets readers follow,
+/// and publishes it on `finish`.
+struct MemoryMissHandler {
+    storage: &'static MemoryStorage,
+    key: CompactCacheKey,
+    hash: u64,
+    home: usize,
+    id: u64,
+    tag: U64WriteId,
+    inflight: Arc<Inflight>,
+    /// Bytes charged to the tier for this write so far.
+    reserved: usize,
+    body_len: usize,
+    n_chunks: usize,
+    state: WriteState,
+}
+
+impl MemoryMissHandler {
+    /// Stop the write: readers fail, the write leaves the shard, its bytes go back.
+    fn abandon(&mut self) {
+        self.inflight.abort();
+        self.detach();
+        self.storage.release(std::mem::take(&mut self.reserved));
+        self.state = WriteState::Failed;
+    }
+
+    /// Remove this write from the shard's writes in progress.
+    fn detach(&self) {
+        let shard = &self.storage.shards[self.home];
+        let mut maps = shard.maps.write();
+        if let Some(writes) = maps.writing.get_mut(&self.hash) {
+            writes.retain(|w| !Arc::ptr_eq(w, &self.inflight));
+            if writes.is_empty() {
+                maps.writing.remove(&self.hash);
+            }
+        }
+    }
+
+    fn closed_error(&self) -> Box<Error> {
+        Error::explain(
+            ErrorType::InternalError,
+            format!(
+                "{}: this write already failed or finished",
+                self.storage.name
+            ),
+        )
+    }
+}
+
+#[async_trait]
+impl HandleMiss for MemoryMissHandler {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if self.state != WriteState::Open {
+            return Err(self.closed_error());
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let new_len = self.body_len + data.len();
+        if new_len > self.storage.max_object_bytes {
+            self.abandon();
+            self.storage.counters.record_rejection();
+            return Err(tier_core::error::object_too_large(
+                &self.storage.name,
+                self.storage.max_object_bytes,
+                new_len,
+            ));
+        }
+        let charge = data.len() + if self.n_chunks > 0 { CHUNK_OVERHEAD } else { 0 };
+        if let Err(e) = self.storage.reserve(charge, self.home) {
+            self.abandon();
+            self.storage.counters.record_rejection();
+            return Err(e);
+        }
+        self.reserved += charge;
+        self.body_len = new_len;
+        self.n_chunks += 1;
+        // Copy: the caller's buffer may be a slice of a much larger one, which
+        // would otherwise stay alive uncounted.
+        self.inflight.push(Bytes::copy_from_slice(&data));
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        if self.state != WriteState::Open {
+            return Err(self.closed_error());
+        }
+        let chunks = self.inflight.complete();
+        let body = if chunks.len() == 1 {
+            Body::One(chunks[0].clone())
+        } else if chunks.is_empty() {
+            Body::One(Bytes::new())
+        } else if self.body_len <= JOIN_CHUNKS_UP_TO {
+            let mut joined = Vec::with_capacity(self.body_len);
+            for chunk in &chunks {
+                joined.extend_from_slice(chunk);
+            }
+            Body::One(Bytes::from(joined))
+        } else {
+            Body::Chunks(chunks.into())
+        };
+        let meta_charge = self.inflight.meta.charge();
+        let charge = ENTRY_OVERHEAD
+            + key_charge(&self.key)
+            + meta_charge
+            + self.body_len
+            + body.n_chunks() * CHUNK_OVERHEAD;
+        // Joining chunks only shrinks the charge: give the difference back.
+        if charge > self.reserved {
+            let more = charge - self.reserved;
+            if let Err(e) = self.storage.reserve(more, self.home) {
+                self.abandon();
+                return Err(e);
+            }
+            self.reserved += more;
+        }
+        self.storage.release(self.reserved - charge);
+        self.reserved = 0;
+        let entry = Arc::new(Entry {
+            key: self.key.clone(),
+            id: self.id,
+            meta: self.inflight.meta.clone(),
+            body,
+            body_len: self.body_len,
+            charge,
+            freq: Default::default(),
+        });
+        self.detach();
+        self.state = WriteState::Finished;
+        let storage = self.storage;
+        let replaced = storage.shards[self.home].publish(self.hash, entry);
+        storage.counters.add_entry(charge as u64);
+        storage.counters.record_insert();
+        if let Some(old) = replaced {
+            storage.release(old.charge);
+            storage.counters.remove_entry(old.charge as u64);
+        }
+        Ok(MissFinishType::Created(charge))
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        Some(self.tag.as_bytes())
+    }
+
+    fn entry_id(&self) -> Option<CacheEntryId> {
+        Some(CacheEntryId::new(self.id))
+    }
+}
+
+impl Drop for MemoryMissHandler {
+    fn drop(&mut self) {
+        if self.state == WriteState::Open {
+            self.abandon();
+        }
+    }
+}
