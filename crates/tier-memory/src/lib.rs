@@ -61,3 +61,6 @@ mod storage;
 pub use config::MemoryConfig;
 pub use inflight::PartialHitHandler;
 pub use storage::MemoryStorage;
+
+#[cfg(test)]
+mod tests;

@@ -40,10 +40,10 @@ pub struct MemoryStorage {
     config: MemoryConfig,
     name: Arc<str>,
     max_object_bytes: usize,
-    shards: Box<[Shard]>,
+    pub(crate) shards: Box<[Shard]>,
     shard_shift: u32,
     /// Bytes charged now: published entries plus writes in progress.
-    used: AtomicUsize,
+    pub(crate) used: AtomicUsize,
     next_id: AtomicU64,
     /// Where the next eviction that cannot be served by the writer's own
     /// shard starts looking, so pressure spreads over all shards.
