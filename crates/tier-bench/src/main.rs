@@ -12,6 +12,8 @@
 //! ```
 
 mod disk_raw;
+mod hit_ratio;
+mod micro;
 mod report;
 mod runner;
 mod workload;
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pingora_cache::MemCache;
+use tier_memory::{MemoryConfig, MemoryStorage};
 
 use report::{Row, Table};
 use runner::{leak, populate, run_trace, runtime, DynStorage, Op};
@@ -50,21 +53,33 @@ const TASKS: usize = 4;
 
 struct Args {
     quick: bool,
+    /// Run only the hit-path scenarios (for profiling).
+    hit_only: bool,
+    /// Run only storages whose name contains this.
+    storage: Option<String>,
+    /// Print per-step costs of a hit and exit.
+    micro: bool,
     out: PathBuf,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         quick: false,
+        hit_only: false,
+        storage: None,
+        micro: false,
         out: PathBuf::from("target/bench"),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => args.quick = true,
+            "--hit-only" => args.hit_only = true,
+            "--micro" => args.micro = true,
+            "--storage" => args.storage = Some(it.next().ok_or("--storage needs a name")?),
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
             "-h" | "--help" => {
-                println!("usage: tier-bench [--quick] [--out DIR]");
+                println!("usage: tier-bench [--quick] [--hit-only] [--micro] [--storage NAME] [--out DIR]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
@@ -74,12 +89,25 @@ fn parse_args() -> Result<Args, String> {
 }
 
 /// The storages compared in memory scenarios, baseline first. Each call makes
-/// fresh, empty storages.
-fn memory_storages() -> Vec<(String, DynStorage)> {
-    vec![(
-        "pingora MemCache".to_string(),
-        leak(MemCache::new()) as DynStorage,
-    )]
+/// fresh, empty storages; the memory tier gets room for every key of the
+/// scale (with its per-entry charge), so the hit-path runs are all hits.
+fn memory_storages(scale: Scale, only: Option<&str>) -> Vec<(String, DynStorage)> {
+    let capacity = (scale.n_keys as usize * (4096 + 2048)).max(64 << 20) * 2;
+    vec![
+        (
+            "pingora MemCache".to_string(),
+            leak(MemCache::new()) as DynStorage,
+        ),
+        (
+            "tier-memory".to_string(),
+            leak(MemoryStorage::new(
+                MemoryConfig::new(capacity).max_object_bytes(16 << 20),
+            )) as DynStorage,
+        ),
+    ]
+    .into_iter()
+    .filter(|(name, _)| only.is_none_or(|only| name.contains(only)))
+    .collect()
 }
 
 fn main() {
@@ -91,6 +119,12 @@ fn main() {
         }
     };
     let scale = if args.quick { QUICK } else { FULL };
+    if args.micro {
+        for (name, storage) in memory_storages(scale, args.storage.as_deref()) {
+            micro::run(&name, storage, 10_000, 20);
+        }
+        return;
+    }
     let started = Instant::now();
     let rt = runtime();
     let mut report = format!(
@@ -120,7 +154,7 @@ fn main() {
     ];
     for (title, op) in scenarios {
         let mut rows = Vec::new();
-        for (name, storage) in memory_storages() {
+        for (name, storage) in memory_storages(scale, args.storage.as_deref()) {
             populate(&rt, storage, &hot, TASKS);
             let m = run_trace(&rt, storage, &hot, trace.clone(), TASKS, op);
             rows.push(Row { storage: name, m });
@@ -133,6 +167,11 @@ fn main() {
             .markdown(),
         );
         report.push('\n');
+    }
+
+    if args.hit_only {
+        println!("{report}");
+        return;
     }
 
     // Inserts of each size class; key counts shrink as bodies grow so every
@@ -159,7 +198,7 @@ fn main() {
     ];
     for workload in &insert_workloads {
         let mut rows = Vec::new();
-        for (name, storage) in memory_storages() {
+        for (name, storage) in memory_storages(scale, args.storage.as_deref()) {
             let m = populate(&rt, storage, workload, TASKS);
             rows.push(Row { storage: name, m });
         }
@@ -172,6 +211,8 @@ fn main() {
         report.push('\n');
     }
     let small = &insert_workloads[0];
+
+    report.push_str(&hit_ratio_section(&rt, scale));
 
     let raw_dir = args.out.join("raw-disk");
     let raw = std::fs::create_dir_all(&raw_dir)
@@ -190,4 +231,82 @@ fn main() {
         eprintln!("tier-bench: could not write the report: {e}");
         std::process::exit(1);
     }
+}
+
+/// Hit ratio of the memory tier against LRU and TinyUFO at 1% and 10% of the
+/// data, on Zipf 0.8/1.0/1.2 and a 30% one-time-key mix.
+fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale) -> String {
+    use std::fmt::Write as _;
+    let body_len = 4096;
+    let n_keys = scale.n_keys;
+    let n_ops = scale.n_ops / 2;
+    let traces = [
+        hit_ratio::zipf_trace(n_keys, 0.8, n_ops, 11),
+        hit_ratio::zipf_trace(n_keys, 1.0, n_ops, 12),
+        hit_ratio::zipf_trace(n_keys, 1.2, n_ops, 13),
+        hit_ratio::scan_mix_trace(n_keys, 0.3, n_ops, 14),
+    ];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### Hit ratio, {n_keys} keys of 4 KiB, {n_ops} requests\n\n\
+         Every policy gets the same byte budget and weighs each entry with the memory tier's \
+         own charge for it (body + meta + bookkeeping), so all hold the same number of entries. \
+         Points are percentage points of hit ratio.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| trace | capacity | tier-memory | LRU | TinyUFO | tier-memory − LRU | tier-memory − TinyUFO |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    for trace in &traces {
+        for percent in [1usize, 10] {
+            // Capacity as a share of the data, counted in the tier's charges.
+            let (_, charge) = hit_ratio::memory_tier(
+                rt,
+                &hit_ratio::Trace {
+                    label: String::new(),
+                    keys: std::sync::Arc::new(vec![0]),
+                },
+                64 << 20,
+                body_len,
+            );
+            let capacity = n_keys as usize * charge * percent / 100;
+            let (ours, _) = hit_ratio::memory_tier(rt, trace, capacity, body_len);
+            let (lru, ufo) = reference_ratios(trace, capacity, charge);
+            let fmt = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0));
+            let diff = |r: Option<f64>| {
+                r.map_or("-".to_string(), |r| format!("{:+.2}", (ours - r) * 100.0))
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {percent}% | {:.2}% | {} | {} | {} | {} |",
+                trace.label,
+                ours * 100.0,
+                fmt(lru),
+                fmt(ufo),
+                diff(lru),
+                diff(ufo)
+            );
+        }
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(feature = "peers")]
+fn reference_ratios(
+    trace: &hit_ratio::Trace,
+    capacity: usize,
+    weight: usize,
+) -> (Option<f64>, Option<f64>) {
+    (
+        Some(hit_ratio::reference::lru(trace, capacity, weight)),
+        Some(hit_ratio::reference::tinyufo(trace, capacity, weight)),
+    )
+}
+
+#[cfg(not(feature = "peers"))]
+fn reference_ratios(_: &hit_ratio::Trace, _: usize, _: usize) -> (Option<f64>, Option<f64>) {
+    (None, None)
 }

@@ -46,15 +46,33 @@ static STAND_IN_HEADER: LazyLock<Option<Vec<u8>>> = LazyLock::new(|| {
         .map(|(_, header)| header)
 });
 
-/// A meta kept ready for hits: the internal fields serialized (small and
-/// cheap to decode) and the response header already parsed.
+/// A meta kept ready for hits: the response header already parsed, and the
+/// internal fields either as plain values (the usual case) or serialized.
 #[derive(Debug, Clone)]
 pub(crate) struct StoredMeta {
-    internal: Box<[u8]>,
+    internal: Internal,
     header: ResponseHeader,
     /// Bytes this meta is charged: the serialized internal fields plus an
     /// over-estimate of the parsed header's heap use.
     charge: usize,
+}
+
+/// How the internal (non-header) fields are kept.
+#[derive(Debug, Clone)]
+enum Internal {
+    /// Fields that `CacheMeta::new` plus public setters rebuild exactly: an
+    /// entry never revalidated (`updated == created`). Rebuilding from these
+    /// costs a fifth of decoding the serialized form.
+    Plain {
+        fresh_until: SystemTime,
+        created: SystemTime,
+        stale_while_revalidate_sec: u32,
+        stale_if_error_sec: u32,
+        variance: Option<HashBinary>,
+        epoch_override: Option<SystemTime>,
+    },
+    /// Anything else, decoded on each hit.
+    Serialized(Box<[u8]>),
 }
 
 impl StoredMeta {
@@ -62,19 +80,40 @@ impl StoredMeta {
         let (internal, _) = meta.serialize()?;
         let header = meta.response_header_copy();
         let charge = internal.len() + header_charge(&header);
+        let plain = Internal::Plain {
+            fresh_until: meta.fresh_until(),
+            created: meta.created(),
+            stale_while_revalidate_sec: meta.stale_while_revalidate_sec(),
+            stale_if_error_sec: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+            epoch_override: meta.epoch_override(),
+        };
+        // Keep the plain form only when it rebuilds the very same bytes, so no
+        // field pingora adds later can be lost silently.
+        let rebuilt = rebuild_plain(&plain, ResponseHeader::build(200, Some(0))?)
+            .and_then(|m| m.serialize().ok());
+        let internal = match rebuilt {
+            Some((bytes, _)) if bytes == internal => plain,
+            _ => Internal::Serialized(internal.into_boxed_slice()),
+        };
         Ok(StoredMeta {
-            internal: internal.into_boxed_slice(),
+            internal,
             header,
             charge,
         })
     }
 
-    /// A `CacheMeta` equal to the stored one. The internal fields are decoded
-    /// from their compact form (no header decompression) and the parsed header
-    /// is cloned in.
+    /// A `CacheMeta` equal to the stored one, with the parsed header cloned in:
+    /// no header decompression or parsing on a hit.
     pub(crate) fn to_cache_meta(&self) -> Result<CacheMeta> {
+        if let Some(meta) = rebuild_plain(&self.internal, self.header.clone()) {
+            return Ok(meta);
+        }
+        let Internal::Serialized(internal) = &self.internal else {
+            unreachable!("rebuild_plain handles the plain form")
+        };
         let stand_in = STAND_IN_HEADER.as_deref().unwrap_or_default();
-        let mut meta = CacheMeta::deserialize(&self.internal, stand_in)?;
+        let mut meta = CacheMeta::deserialize(internal, stand_in)?;
         *meta.response_header_mut() = self.header.clone();
         Ok(meta)
     }
@@ -82,6 +121,34 @@ impl StoredMeta {
     pub(crate) fn charge(&self) -> usize {
         self.charge
     }
+}
+
+fn rebuild_plain(internal: &Internal, header: ResponseHeader) -> Option<CacheMeta> {
+    let Internal::Plain {
+        fresh_until,
+        created,
+        stale_while_revalidate_sec,
+        stale_if_error_sec,
+        variance,
+        epoch_override,
+    } = internal
+    else {
+        return None;
+    };
+    let mut meta = CacheMeta::new(
+        *fresh_until,
+        *created,
+        *stale_while_revalidate_sec,
+        *stale_if_error_sec,
+        header,
+    );
+    if let Some(variance) = variance {
+        meta.set_variance(*variance);
+    }
+    if let Some(epoch) = epoch_override {
+        meta.set_epoch_override(*epoch);
+    }
+    Some(meta)
 }
 
 /// An upper bound on a parsed header's heap and inline size.
@@ -259,6 +326,29 @@ mod tests {
             back.serialize().expect("ser"),
             meta.serialize().expect("ser")
         );
+    }
+
+    #[test]
+    fn revalidated_meta_keeps_its_updated_time() {
+        let mut meta = tier_core::testing::meta_with_header("x-b", "2");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        meta.update_freshness(SystemTime::now() + std::time::Duration::from_secs(60), 1, 2);
+        assert_ne!(meta.updated(), meta.created());
+        let stored = StoredMeta::new(&meta).expect("stored");
+        assert!(matches!(stored.internal, Internal::Serialized(_)));
+        let back = stored.to_cache_meta().expect("meta");
+        assert_eq!(back.updated(), meta.updated());
+        assert_eq!(
+            back.serialize().expect("ser"),
+            meta.serialize().expect("ser")
+        );
+    }
+
+    #[test]
+    fn fresh_meta_is_kept_in_plain_form() {
+        let meta = tier_core::testing::meta_with_header("x-c", "3");
+        let stored = StoredMeta::new(&meta).expect("stored");
+        assert!(matches!(stored.internal, Internal::Plain { .. }));
     }
 
     #[test]
