@@ -192,15 +192,22 @@ fn deny(root: &Path, cargo: &str) -> Result<(), String> {
 
 fn bench(root: &Path, args: &[String]) -> Result<(), String> {
     let cargo = cargo();
-    let mut cmd = vec![
-        "run",
-        "--release",
-        "--package",
-        "tier-bench",
-        "--features",
-        "peers",
-        "--",
-    ];
-    cmd.extend(args.iter().map(String::as_str));
-    run(root, &cargo, &cmd, &[])
+    // The throughput report first, then the per-entry memory figures, which
+    // need a counting allocator and so run in a binary of their own.
+    for bin in ["tier-bench", "overhead"] {
+        let mut cmd = vec![
+            "run",
+            "--release",
+            "--package",
+            "tier-bench",
+            "--features",
+            "peers",
+            "--bin",
+            bin,
+            "--",
+        ];
+        cmd.extend(args.iter().map(String::as_str));
+        run(root, &cargo, &cmd, &[])?;
+    }
+    Ok(())
 }
