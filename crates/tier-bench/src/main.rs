@@ -53,8 +53,8 @@ const TASKS: usize = 4;
 
 struct Args {
     quick: bool,
-    /// Run only the hit-path scenarios (for profiling).
-    hit_only: bool,
+    /// Run only this section: `hit`, `insert`, `ratio` or `raw` (for profiling).
+    only: Option<String>,
     /// Run only storages whose name contains this.
     storage: Option<String>,
     /// Print per-step costs of a hit and exit.
@@ -65,7 +65,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         quick: false,
-        hit_only: false,
+        only: None,
         storage: None,
         micro: false,
         out: PathBuf::from("target/bench"),
@@ -74,12 +74,12 @@ fn parse_args() -> Result<Args, String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => args.quick = true,
-            "--hit-only" => args.hit_only = true,
+            "--only" => args.only = Some(it.next().ok_or("--only needs a section")?),
             "--micro" => args.micro = true,
             "--storage" => args.storage = Some(it.next().ok_or("--storage needs a name")?),
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
             "-h" | "--help" => {
-                println!("usage: tier-bench [--quick] [--hit-only] [--micro] [--storage NAME] [--out DIR]");
+                println!("usage: tier-bench [--quick] [--only hit|insert|ratio|raw] [--micro] [--storage NAME] [--out DIR]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
@@ -141,6 +141,7 @@ fn main() {
         size: SizeClass::Fixed(4096),
         seed: 1,
     };
+    let run = |section: &str| args.only.as_deref().is_none_or(|only| only == section);
     let trace = Arc::new(hot.trace(scale.n_ops));
     let scenarios = [
         (
@@ -152,7 +153,7 @@ fn main() {
             Op::ReadWithWrites { every: 10 },
         ),
     ];
-    for (title, op) in scenarios {
+    for (title, op) in scenarios.into_iter().filter(|_| run("hit")) {
         let mut rows = Vec::new();
         for (name, storage) in memory_storages(scale, args.storage.as_deref()) {
             populate(&rt, storage, &hot, TASKS);
@@ -167,11 +168,6 @@ fn main() {
             .markdown(),
         );
         report.push('\n');
-    }
-
-    if args.hit_only {
-        println!("{report}");
-        return;
     }
 
     // Inserts of each size class; key counts shrink as bodies grow so every
@@ -196,7 +192,7 @@ fn main() {
             seed: 4,
         },
     ];
-    for workload in &insert_workloads {
+    for workload in insert_workloads.iter().filter(|_| run("insert")) {
         let mut rows = Vec::new();
         for (name, storage) in memory_storages(scale, args.storage.as_deref()) {
             let m = populate(&rt, storage, workload, TASKS);
@@ -212,16 +208,20 @@ fn main() {
     }
     let small = &insert_workloads[0];
 
-    report.push_str(&hit_ratio_section(&rt, scale));
-
-    let raw_dir = args.out.join("raw-disk");
-    let raw = std::fs::create_dir_all(&raw_dir)
-        .and_then(|_| disk_raw::measure(&raw_dir, small, scale.raw_files));
-    match raw {
-        Ok(rates) => report.push_str(&disk_raw::raw_markdown_wrapper(&rates, small)),
-        Err(e) => report.push_str(&format!("Raw disk rate not measured: {e}\n")),
+    if run("ratio") {
+        report.push_str(&hit_ratio_section(&rt, scale));
     }
-    std::fs::remove_dir_all(&raw_dir).ok();
+
+    if run("raw") {
+        let raw_dir = args.out.join("raw-disk");
+        let raw = std::fs::create_dir_all(&raw_dir)
+            .and_then(|_| disk_raw::measure(&raw_dir, small, scale.raw_files));
+        match raw {
+            Ok(rates) => report.push_str(&disk_raw::raw_markdown_wrapper(&rates, small)),
+            Err(e) => report.push_str(&format!("Raw disk rate not measured: {e}\n")),
+        }
+        std::fs::remove_dir_all(&raw_dir).ok();
+    }
 
     report.push_str(&format!(
         "\nTotal time: {:.1}s\n",
