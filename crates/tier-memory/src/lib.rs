@@ -57,6 +57,7 @@ mod entry;
 mod inflight;
 mod shard;
 mod storage;
+mod striped;
 
 pub use config::MemoryConfig;
 pub use inflight::PartialHitHandler;

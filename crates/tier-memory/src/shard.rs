@@ -13,7 +13,7 @@
 //! Lock order: `queues`, then `maps`. Lookups take only `maps` for reading.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use nohash_hasher::{IntMap, IntSet};
@@ -71,16 +71,13 @@ struct Queues {
     ghost: Ghost,
 }
 
-/// One shard. Hits and misses are counted here, not in a global counter,
-/// so that two cores hitting different shards never share a cache line.
+/// One shard.
 #[derive(Debug, Default)]
 pub(crate) struct Shard {
     pub(crate) maps: RwLock<Maps>,
     queues: Mutex<Queues>,
     /// Queue items whose entry was removed or replaced since they were queued.
     stale: AtomicUsize,
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
 }
 
 impl Shard {

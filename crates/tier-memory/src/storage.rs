@@ -26,6 +26,7 @@ use crate::entry::{
 };
 use crate::inflight::Inflight;
 use crate::shard::Shard;
+use crate::striped::StripedCounter;
 
 /// Bodies of at most this many bytes written in several chunks are joined
 /// into one buffer when published, so their hits are a single read.
@@ -50,6 +51,8 @@ pub struct MemoryStorage {
     evict_cursor: AtomicUsize,
     listener: RwLock<Option<Arc<dyn EvictionListener>>>,
     counters: StatsCounters,
+    hits: StripedCounter,
+    misses: StripedCounter,
 }
 
 impl std::fmt::Debug for MemoryStorage {
@@ -75,6 +78,8 @@ impl MemoryStorage {
             evict_cursor: AtomicUsize::new(0),
             listener: RwLock::new(None),
             counters: StatsCounters::new(),
+            hits: StripedCounter::default(),
+            misses: StripedCounter::default(),
             config,
         }
     }
@@ -192,27 +197,29 @@ impl MemoryStorage {
             if let Some(write) = newest {
                 drop(maps);
                 let meta = write.meta.to_cache_meta()?;
-                shard.hits.fetch_add(1, Ordering::Relaxed);
+                self.hits.incr();
                 return Ok(Some((meta, Box::new(write.reader()))));
             }
         }
+        // Build the hit under the read lock instead of cloning the entry's
+        // Arc: for a popular entry, every clone and drop is a write to a
+        // cache line that all cores share.
         let found = maps
             .complete
             .get(&hash)
             .filter(|entry| entry.matches(&key) && id.is_none_or(|id| id == entry.id))
-            .cloned();
+            .map(|entry| {
+                entry.touch();
+                (entry.meta.to_cache_meta(), entry.hit_handler())
+            });
         drop(maps);
         match found {
-            Some(entry) => {
-                entry.touch();
-                shard.hits.fetch_add(1, Ordering::Relaxed);
-                Ok(Some((
-                    entry.meta.to_cache_meta()?,
-                    Box::new(entry.hit_handler()),
-                )))
+            Some((meta, hit)) => {
+                self.hits.incr();
+                Ok(Some((meta?, Box::new(hit))))
             }
             None => {
-                shard.misses.fetch_add(1, Ordering::Relaxed);
+                self.misses.incr();
                 Ok(None)
             }
         }
@@ -444,10 +451,8 @@ impl Tier for MemoryStorage {
 
     fn stats(&self) -> TierStats {
         let mut stats = self.counters.snapshot();
-        for shard in self.shards.iter() {
-            stats.hits += shard.hits.load(Ordering::Relaxed);
-            stats.misses += shard.misses.load(Ordering::Relaxed);
-        }
+        stats.hits = self.hits.sum();
+        stats.misses = self.misses.sum();
         stats.bytes = self.used_bytes() as u64;
         stats
     }
