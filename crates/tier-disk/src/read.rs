@@ -163,7 +163,9 @@ impl DiskHitHandler {
         // A bad checksum or a short file: never serve these bytes. A
         // published entry is removed so the next request is a clean miss.
         if matches!(self.source, Source::Complete { .. }) {
-            self.storage.discard_corrupt(self.key.clone(), self.id);
+            self.storage
+                .discard_corrupt(self.key.clone(), self.id)
+                .await;
         }
         Err(tier_core::error::tier_error(
             tier_core::error::CORRUPT_ENTRY,

@@ -374,14 +374,12 @@ impl DiskStorage {
     }
 
     /// Remove an entry whose bytes failed a check, if it is still the
-    /// generation that failed.
-    pub(crate) fn discard_corrupt(&'static self, key: CompactCacheKey, id: u64) {
+    /// generation that failed; done when this returns.
+    pub(crate) async fn discard_corrupt(&'static self, key: CompactCacheKey, id: u64) {
         self.corrupt.fetch_add(1, Ordering::Relaxed);
         self.counters.record_error();
         tracing::warn!(tier = %self.name, entry = %tier_core::key::entry_file_name(&key), id, "corrupt entry removed");
-        Blocking::detach(move || {
-            let _ = self.remove_entry(&key, Some(id));
-        });
+        let _ = self.io.run(move || self.remove_entry(&key, Some(id))).await;
     }
 
     /// Remove the entry for `key` (and `id`, if given) from the index and the
@@ -492,7 +490,7 @@ impl DiskStorage {
             Some(ReadError::Format(FormatError::Corrupt(_)))
             | Some(ReadError::Format(FormatError::NotOurs))
             | Some(ReadError::Format(FormatError::OtherVersion(_))) => {
-                self.discard_corrupt(key, indexed_id);
+                self.discard_corrupt(key, indexed_id).await;
             }
             Some(ReadError::Io(e)) => {
                 self.counters.record_error();

@@ -199,6 +199,7 @@ impl DiskMissHandler {
         };
         let storage = self.storage;
         let key = self.inflight.key.clone();
+        let tmp_path = self.inflight.tmp_path.clone();
         let result = storage
             .io()
             .run(move || {
