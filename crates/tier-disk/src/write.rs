@@ -213,6 +213,10 @@ impl DiskMissHandler {
                     );
                     if let Err(e) = file.write_all(&out) {
                         storage.index().release(charge);
+                        // Remove the temp file before the error is seen, so
+                        // a full disk gets its space back at once.
+                        drop(file);
+                        let _ = std::fs::remove_file(&tmp_path);
                         return Err(storage.io_error(
                             "write_body",
                             Some(&key),
