@@ -1,0 +1,195 @@
+//! Crash safety: a child process writes, expires and rewrites entries with
+//! `Durability::Full` and is killed with SIGKILL at a random moment; the parent
+//! reopens the cache and checks every entry: complete and byte-for-byte
+//! correct, or absent, and every write the child saw finish is present.
+//!
+//! The child is this same test binary, run with `TIER_DISK_CRASH_CHILD` set.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora_cache::storage::{PurgeTarget, Storage};
+use pingora_cache::trace::Span;
+use pingora_cache::CacheKey;
+use tier_disk::{DiskConfig, DiskStorage, Durability};
+
+const CHILD_ENV: &str = "TIER_DISK_CRASH_CHILD";
+const KEYS: u32 = 12;
+
+fn config(dir: &std::path::Path) -> DiskConfig {
+    DiskConfig::new(dir, 64 << 20)
+        .block_size(4096)
+        .durability(Durability::Full)
+}
+
+/// Entry `key`'s body for generation `gen`: its bytes name both, so a mixed
+/// or stale body is detectable.
+fn body(key: u32, gen: u32) -> Vec<u8> {
+    let len = 1000 + ((key * 7919 + gen * 104_729) % 40_000) as usize;
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&key.to_le_bytes());
+    out.extend_from_slice(&gen.to_le_bytes());
+    while out.len() < len {
+        out.push((out.len() as u32 ^ key ^ gen.rotate_left(8)) as u8);
+    }
+    out
+}
+
+/// The child: write generations of each key forever, printing each one whose
+/// finish returned.
+#[test]
+fn crash_child_writes_until_killed() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        // Run directly by the test harness: nothing to do; the parent test
+        // below runs this binary again as the child.
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let disk = DiskStorage::open(config(std::path::Path::new(&dir)))
+            .await
+            .expect("open")
+            .leak();
+        let span = Span::inactive().handle();
+        let start: u32 = std::env::var("TIER_DISK_CRASH_GEN")
+            .ok()
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
+        for gen in start.. {
+            let key_n = gen % KEYS;
+            let key = CacheKey::new(format!("crash/{key_n}"), "");
+            if gen % 5 == 4 {
+                // Now and then, expire an entry: a meta rewrite.
+                let _ = disk
+                    .expire(PurgeTarget::Active(&key.to_compact()), &span)
+                    .await;
+                continue;
+            }
+            let meta = tier_core::testing::meta_with_header("x-gen", &gen.to_string());
+            let data = body(key_n, gen);
+            let mut miss = disk
+                .get_miss_handler(&key, &meta, &span)
+                .await
+                .expect("miss");
+            for chunk in data.chunks(3000) {
+                miss.write_body(Bytes::copy_from_slice(chunk), false)
+                    .await
+                    .expect("write");
+            }
+            miss.finish().await.expect("finish");
+            println!("finished {key_n} {gen}");
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_writers_leave_every_entry_complete_or_absent() {
+    let runs: u32 = if std::env::var("TIER_SOAK").is_ok() {
+        200
+    } else {
+        12
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = std::env::current_exe().expect("test binary");
+    let span = Span::inactive().handle();
+    let (mut checked, mut present, mut corrupt_served) = (0u32, 0u32, 0u32);
+    let mut next_gen = 0u32;
+    for run in 0..runs {
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "crash_child_writes_until_killed",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, dir.path())
+            .env("TIER_DISK_CRASH_GEN", next_gen.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("stdout");
+        // Let the child finish a varying number of writes, then kill it
+        // wherever it is.
+        let wait_for = 3 + (run * 7) % 23;
+        let lines = tokio::task::spawn_blocking(move || {
+            let mut finished = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let parts: Vec<u32> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|p| p.parse().ok())
+                    .collect();
+                if let [key, gen] = parts[..] {
+                    finished.push((key, gen));
+                    if finished.len() as u32 >= wait_for {
+                        break;
+                    }
+                }
+            }
+            finished
+        })
+        .await
+        .expect("reader");
+        tokio::time::sleep(Duration::from_micros(u64::from(run) * 397 % 3000)).await;
+        child.kill().expect("kill");
+        let _ = child.wait();
+        next_gen = lines.iter().map(|(_, g)| g + 1).max().unwrap_or(next_gen) + KEYS * 5;
+
+        let disk = DiskStorage::open(config(dir.path()))
+            .await
+            .expect("reopen")
+            .leak();
+        let mut last_finished = std::collections::HashMap::new();
+        for (key, gen) in &lines {
+            last_finished.insert(*key, *gen);
+        }
+        for key_n in 0..KEYS {
+            checked += 1;
+            let key = CacheKey::new(format!("crash/{key_n}"), "");
+            let Some((meta, mut hit)) = disk.lookup(&key, &span).await.expect("lookup") else {
+                assert!(
+                    !last_finished.contains_key(&key_n),
+                    "run {run}: crash/{key_n} finished under Durability::Full but is gone"
+                );
+                continue;
+            };
+            let gen: u32 = meta
+                .headers()
+                .get("x-gen")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .expect("x-gen header");
+            let mut got = Vec::new();
+            while let Some(chunk) = hit
+                .read_body()
+                .await
+                .expect("an entry found after a crash reads cleanly")
+            {
+                got.extend_from_slice(&chunk);
+            }
+            if got != body(key_n, gen) {
+                corrupt_served += 1;
+            }
+            if let Some(finished) = last_finished.get(&key_n) {
+                assert!(
+                    gen >= *finished,
+                    "run {run}: crash/{key_n} went back from gen {finished} to {gen}"
+                );
+            }
+            present += 1;
+        }
+    }
+    println!("crash points run: {runs}, entries checked: {checked}, present: {present}, corrupt bodies served: {corrupt_served}");
+    assert_eq!(corrupt_served, 0);
+    assert!(
+        present > 0,
+        "no entry ever survived: the test checked nothing"
+    );
+}
