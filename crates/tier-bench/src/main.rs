@@ -11,6 +11,7 @@
 //! cargo xtask bench --out DIR  # where report.md goes (default target/bench)
 //! ```
 
+mod disk_bench;
 mod disk_raw;
 mod hit_ratio;
 mod micro;
@@ -53,7 +54,7 @@ const TASKS: usize = 4;
 
 struct Args {
     quick: bool,
-    /// Run only this section: `hit`, `insert`, `ratio` or `raw` (for profiling).
+    /// Run only this section: `hit`, `insert`, `ratio`, `disk` or `raw`.
     only: Option<String>,
     /// Run only storages whose name contains this.
     storage: Option<String>,
@@ -79,7 +80,7 @@ fn parse_args() -> Result<Args, String> {
             "--storage" => args.storage = Some(it.next().ok_or("--storage needs a name")?),
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
             "-h" | "--help" => {
-                println!("usage: tier-bench [--quick] [--only hit|insert|ratio|raw] [--micro] [--storage NAME] [--out DIR]");
+                println!("usage: tier-bench [--quick] [--only hit|insert|ratio|disk|raw] [--micro] [--storage NAME] [--out DIR]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
@@ -210,6 +211,14 @@ fn main() {
 
     if run("ratio") {
         report.push_str(&hit_ratio_section(&rt, scale));
+    }
+
+    if run("disk") {
+        let disk_dir = args.out.join("disk-tier");
+        if std::fs::create_dir_all(&disk_dir).is_ok() {
+            report.push_str(&disk_bench::section(&rt, &disk_dir, args.quick, TASKS));
+        }
+        std::fs::remove_dir_all(&disk_dir).ok();
     }
 
     if run("raw") {

@@ -9,7 +9,7 @@ use pingora_cache::trace::Span;
 use pingora_cache::CacheMeta;
 use tokio::runtime::Runtime;
 
-use crate::workload::{pattern, verify_chunk, Workload};
+use crate::workload::{Expected, Workload};
 
 /// A storage as pingora holds it.
 pub type DynStorage = &'static (dyn Storage + Sync);
@@ -215,11 +215,11 @@ async fn read_checked(
     let Some((_meta, mut hit)) = storage.lookup(&key, span).await? else {
         return Ok(None);
     };
-    let expected = pattern(idx);
+    let expected = Expected::new(idx, workload.body_len(idx).min(64 << 10));
     let mut offset = 0;
     let mut ok = true;
     while let Some(chunk) = hit.read_body().await? {
-        ok &= verify_chunk(&expected, offset, &chunk);
+        ok &= expected.check(offset, &chunk);
         offset += chunk.len();
     }
     ok &= offset == workload.body_len(idx);

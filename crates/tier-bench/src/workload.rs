@@ -112,6 +112,44 @@ pub fn pattern(idx: u64) -> [u8; PATTERN] {
     out
 }
 
+/// A key's pattern repeated to cover `len` bytes plus one pattern, so any
+/// chunk up to `len` bytes is checked with a single comparison.
+#[derive(Debug)]
+pub struct Expected {
+    repeated: Vec<u8>,
+}
+
+impl Expected {
+    /// The expected bytes of key `idx`, for chunks of up to `len` bytes.
+    pub fn new(idx: u64, len: usize) -> Self {
+        let pattern = pattern(idx);
+        let total = len + PATTERN;
+        let mut repeated = Vec::with_capacity(total);
+        while repeated.len() < total {
+            let take = (total - repeated.len()).min(PATTERN);
+            repeated.extend_from_slice(&pattern[..take]);
+        }
+        Expected { repeated }
+    }
+
+    /// Whether `chunk`, found at byte `offset` of the body, is right.
+    pub fn check(&self, offset: usize, chunk: &[u8]) -> bool {
+        let phase = offset % PATTERN;
+        let mut at = 0;
+        // Chunks longer than the expansion are compared in pieces.
+        let span = self.repeated.len() - PATTERN;
+        while at < chunk.len() {
+            let take = (chunk.len() - at).min(span.max(1));
+            let phase_here = (phase + at) % PATTERN;
+            if chunk[at..at + take] != self.repeated[phase_here..phase_here + take] {
+                return false;
+            }
+            at += take;
+        }
+        true
+    }
+}
+
 /// Check that `chunk`, found at byte `offset` of key `idx`'s body, is right.
 pub fn verify_chunk(pattern: &[u8; PATTERN], offset: usize, chunk: &[u8]) -> bool {
     let mut at = 0;
@@ -152,6 +190,29 @@ mod tests {
         let mut corrupt = body.to_vec();
         corrupt[999] ^= 1;
         assert!(!verify_chunk(&p, 0, &corrupt));
+    }
+
+    #[test]
+    fn expected_checks_like_the_pattern_at_any_offset() {
+        let w = Workload {
+            n_keys: 10,
+            alpha: 1.0,
+            size: SizeClass::Fixed(5000),
+            seed: 1,
+        };
+        let body = w.body(5);
+        let expected = Expected::new(5, 1024);
+        for split in [1, 100, 1024, 3000] {
+            let mut offset = 0;
+            for chunk in body.chunks(split) {
+                assert!(expected.check(offset, chunk));
+                offset += chunk.len();
+            }
+        }
+        let mut bad = body.to_vec();
+        bad[4000] ^= 1;
+        assert!(!expected.check(0, &bad));
+        assert!(!Expected::new(6, 1024).check(0, &body));
     }
 
     #[test]

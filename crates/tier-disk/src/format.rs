@@ -10,15 +10,16 @@
 //! 32      4     key length K
 //! 36      4     internal meta length I
 //! 40      4     response header length H
-//! 44      4     CRC-32 of bytes 0..44 and 48..64, then the key, internal meta
-//!               and header bytes
+//! 44      4     checksum: low 32 bits of XXH3-64 over bytes 0..44 and 48..64,
+//!               then the key, internal meta and header bytes
 //! 48      16    reserved, zero
 //! 64      K     key: primary hash (16), variance flag (1) [+ variance hash (16)],
 //!               user tag (rest)
 //! 64+K    I     pingora's serialized internal meta
 //! ..      H     pingora's serialized response header
 //! D=64+K+I+H    body blocks: each is up to B bytes of body followed by the
-//!               CRC-32 of (entry id, block index, block bytes)
+//!               low 32 bits of XXH3-64 of the block bytes, seeded with the
+//!               entry id and the block index
 //! ```
 //!
 //! A file is `D + L + 4 * ceil(L / B)` bytes long. The header checksum covers
@@ -157,11 +158,11 @@ pub(crate) fn decode_fixed(b: &[u8; FIXED_LEN]) -> Result<Fixed, FormatError> {
 }
 
 fn header_crc(fixed_bytes: &[u8], var: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(&fixed_bytes[0..44]);
     h.update(&fixed_bytes[48..64]);
     h.update(var);
-    h.finalize()
+    h.digest() as u32
 }
 
 /// Decode the key and meta that follow `fixed`, checking the header checksum.
@@ -252,11 +253,9 @@ pub(crate) fn encode_header(
 
 /// The checksum stored after body block `index` of entry `entry_id`.
 pub(crate) fn block_crc(entry_id: u64, index: u64, data: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&entry_id.to_le_bytes());
-    h.update(&index.to_le_bytes());
-    h.update(data);
-    h.finalize()
+    // The seed binds the block to its entry and position.
+    let seed = entry_id.rotate_left(32) ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    xxhash_rust::xxh3::xxh3_64_with_seed(data, seed) as u32
 }
 
 #[cfg(test)]

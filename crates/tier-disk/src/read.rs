@@ -53,6 +53,85 @@ pub struct DiskHitHandler {
     source: Source,
     pos: u64,
     end: Option<u64>,
+    /// Checked blocks already read.
+    buffered: Option<Run>,
+}
+
+/// How many blocks one read brings in: fewer trips to the blocking pool, at
+/// most this many blocks held per reader.
+pub(crate) const READ_AHEAD_BLOCKS: u64 = 4;
+
+/// Checked blocks read in one go, kept with their checksums in place so
+/// each block is handed out as a slice of this buffer, without a copy.
+#[derive(Debug, Clone)]
+pub(crate) struct Run {
+    first: u64,
+    data_len: u64,
+    raw: Bytes,
+}
+
+impl Run {
+    fn start(&self, block: u64) -> u64 {
+        self.first * block
+    }
+
+    fn covers(&self, pos: u64, block: u64) -> bool {
+        pos >= self.start(block) && pos < self.start(block) + self.data_len
+    }
+
+    /// Body bytes from `pos` to the end of its block (or `end`).
+    fn slice(&self, pos: u64, end: u64, block: u64) -> Bytes {
+        let rel = pos - self.start(block);
+        let i = rel / block;
+        let block_len = (self.data_len - i * block).min(block);
+        let raw_at = (i * (block + CRC_LEN as u64)) as usize;
+        let from = (rel - i * block) as usize;
+        let to = block_len.min(end - self.start(block) - i * block) as usize;
+        self.raw.slice(raw_at + from..raw_at + to)
+    }
+}
+
+/// Read body blocks from `first` on, up to `ready` body bytes and at most
+/// [`READ_AHEAD_BLOCKS`], and check every checksum. Blocking.
+pub(crate) fn read_run(
+    file: &File,
+    layout: Layout,
+    first: u64,
+    ready: u64,
+) -> std::result::Result<Run, String> {
+    let block = layout.block_size;
+    let count = (ready.saturating_sub(first * block))
+        .div_ceil(block)
+        .min(READ_AHEAD_BLOCKS);
+    let data_len = ready.saturating_sub(first * block).min(count * block);
+    let raw_len = data_len + count * CRC_LEN as u64;
+    let mut buf = vec![0u8; raw_len as usize];
+    let offset = layout.data_start + first * (block + CRC_LEN as u64);
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|e| format!("reading blocks {first}..{}: {e}", first + count))?;
+    let mut at = 0usize;
+    for i in 0..count {
+        let len = (data_len - i * block).min(block) as usize;
+        let mut stored = [0u8; CRC_LEN];
+        stored.copy_from_slice(&buf[at + len..at + len + CRC_LEN]);
+        if u32::from_le_bytes(stored) != block_crc(layout.id, first + i, &buf[at..at + len]) {
+            return Err(format!("body block {} failed its checksum", first + i));
+        }
+        at += len + CRC_LEN;
+    }
+    Ok(Run {
+        first,
+        data_len,
+        raw: Bytes::from(buf),
+    })
+}
+
+/// Where an entry's blocks are.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    pub(crate) id: u64,
+    pub(crate) block_size: u64,
+    pub(crate) data_start: u64,
 }
 
 impl DiskHitHandler {
@@ -61,6 +140,7 @@ impl DiskHitHandler {
         file: File,
         key: CompactCacheKey,
         header: &crate::format::Header,
+        first_blocks: Option<Run>,
     ) -> Self {
         DiskHitHandler {
             storage,
@@ -75,6 +155,7 @@ impl DiskHitHandler {
             },
             pos: 0,
             end: None,
+            buffered: first_blocks,
         }
     }
 
@@ -97,6 +178,7 @@ impl DiskHitHandler {
             },
             pos: 0,
             end: None,
+            buffered: None,
         }
     }
 
@@ -139,41 +221,42 @@ impl DiskHitHandler {
         }
     }
 
-    async fn read_block(&self, index: u64, len: u64) -> Result<Bytes> {
+    /// Read (and check) the run of blocks from `index` on, up to `ready`.
+    async fn read_blocks(&self, index: u64, ready: u64) -> Result<Run> {
         let file = self.file.clone();
-        let offset = self.data_start + index * (self.block_size + CRC_LEN as u64);
+        let layout = Layout {
+            id: self.id,
+            block_size: self.block_size,
+            data_start: self.data_start,
+        };
         let io = self.storage.io().clone();
-        let mut buf = io
-            .run(move || {
-                let mut buf = vec![0u8; len as usize + CRC_LEN];
-                file.read_exact_at(&mut buf, offset).map_err(|e| {
-                    Error::because(ErrorType::FileReadError, "reading a body block", e)
-                })?;
-                Ok(buf)
-            })
-            .await;
-        if let Ok(block) = &mut buf {
-            let mut stored = [0u8; CRC_LEN];
-            stored.copy_from_slice(&block[len as usize..]);
-            block.truncate(len as usize);
-            if u32::from_le_bytes(stored) == block_crc(self.id, index, block) {
-                return Ok(Bytes::from(std::mem::take(block)));
-            }
+        let read = io
+            .run(move || Ok(read_run(&file, layout, index, ready)))
+            .await?;
+        match read {
+            Ok(run) if run.data_len > 0 => Ok(run),
+            Ok(_) => Err(self
+                .corrupt(index, "the file ends before the body does".into())
+                .await),
+            Err(why) => Err(self.corrupt(index, why).await),
         }
-        // A bad checksum or a short file: never serve these bytes. A
-        // published entry is removed so the next request is a clean miss.
+    }
+
+    /// A bad checksum or a short file: never serve these bytes. A published
+    /// entry is removed so the next request is a clean miss.
+    async fn corrupt(&self, index: u64, why: String) -> Box<Error> {
         if matches!(self.source, Source::Complete { .. }) {
             self.storage
                 .discard_corrupt(self.key.clone(), self.id)
                 .await;
         }
-        Err(tier_core::error::tier_error(
+        tier_core::error::tier_error(
             tier_core::error::CORRUPT_ENTRY,
             self.storage.tier_label(),
             "read_body",
             Some(&self.key),
-            format!("body block {index} failed its checksum or was cut short"),
-        ))
+            format!("at block {index}: {why}"),
+        )
     }
 
     fn select(&mut self, start: usize, end: Option<usize>) -> Result<()> {
@@ -223,14 +306,21 @@ impl HandleHit for DiskHitHandler {
             if self.pos >= end {
                 return Ok(None);
             }
-            let index = self.pos / self.block_size;
-            let block_start = index * self.block_size;
-            let block_len = (ready - block_start).min(self.block_size);
-            let block = self.read_block(index, block_len).await?;
-            let from = (self.pos - block_start) as usize;
-            let to = (end.min(block_start + block_len) - block_start) as usize;
-            self.pos = block_start + to as u64;
-            return Ok(Some(block.slice(from..to)));
+            let block = self.block_size;
+            if !self
+                .buffered
+                .as_ref()
+                .is_some_and(|run| run.covers(self.pos, block))
+            {
+                let run = self.read_blocks(self.pos / block, ready).await?;
+                self.buffered = Some(run);
+            }
+            let Some(run) = &self.buffered else {
+                continue;
+            };
+            let bytes = run.slice(self.pos, end, block);
+            self.pos += bytes.len() as u64;
+            return Ok(Some(bytes));
         }
     }
 

@@ -180,7 +180,7 @@ pub(crate) fn save_order(
         body.extend_from_slice(&slot.to_le_bytes());
         body.extend_from_slice(&id.to_le_bytes());
     }
-    let crc = crc32fast::hash(&body);
+    let crc = xxhash_rust::xxh3::xxh3_64(&body) as u32;
     body.extend_from_slice(&crc.to_le_bytes());
     let tmp = tmp_dir.join(format!("{ORDER_FILE}.{}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp);
@@ -205,7 +205,7 @@ fn load_order(dir: &Path) -> Option<HashMap<(u64, u64), u64>> {
         return None;
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
-    if crc32fast::hash(body).to_le_bytes() != crc {
+    if (xxhash_rust::xxh3::xxh3_64(body) as u32).to_le_bytes() != crc {
         return None;
     }
     let count = u64::from_le_bytes(body[8..16].try_into().ok()?) as usize;

@@ -28,7 +28,7 @@ use crate::entry_file::{header_meta, read_header, ReadError};
 use crate::format::{encode_header, stored_body_len, FormatError};
 use crate::fsio::{self, Blocking};
 use crate::index::{Index, IndexEntry};
-use crate::read::DiskHitHandler;
+use crate::read::{read_run, DiskHitHandler, Layout};
 use crate::scan;
 use crate::write::{DiskMissHandler, Inflight};
 
@@ -324,7 +324,9 @@ impl DiskStorage {
                 key: entry.key.clone(),
                 entry_id: Some(CacheEntryId::new(entry.id)),
                 meta,
-                body: Box::new(DiskHitHandler::complete(this, file, entry.key, &header)),
+                body: Box::new(DiskHitHandler::complete(
+                    this, file, entry.key, &header, None,
+                )),
             });
         }
     }
@@ -462,22 +464,37 @@ impl DiskStorage {
             return Ok(None);
         };
         let path = self.entry_path(&key);
+        // One trip to the blocking pool opens the file, checks its header and
+        // reads the first blocks: a small body is then served from memory.
         let opened = self
             .io
             .run(move || {
                 Ok(fsio::open_read(&path)
                     .map_err(ReadError::from)
-                    .and_then(|file| read_header(&file).map(|header| (file, header))))
+                    .and_then(|file| read_header(&file).map(|header| (file, header)))
+                    .map(|(file, header)| {
+                        let layout = Layout {
+                            id: header.fixed.entry_id,
+                            block_size: header.fixed.block_size as u64,
+                            data_start: header.fixed.data_start(),
+                        };
+                        let first = (header.fixed.body_len > 0)
+                            .then(|| read_run(&file, layout, 0, header.fixed.body_len).ok())
+                            .flatten();
+                        (file, header, first)
+                    }))
             })
             .await?;
         let failed = match opened {
-            Ok((file, header)) => {
+            Ok((file, header, first_blocks)) => {
                 let right_entry =
                     header.key == key && id.is_none_or(|id| id == header.fixed.entry_id);
                 match header_meta(&header) {
                     Ok(meta) if right_entry => {
                         self.counters.record_hit();
-                        let hit = DiskHitHandler::complete(self, file, key, &header);
+                        // A failed first read is not trusted here: the handler
+                        // reads those blocks again and reports what it finds.
+                        let hit = DiskHitHandler::complete(self, file, key, &header, first_blocks);
                         return Ok(Some((meta, Box::new(hit))));
                     }
                     Ok(_) => None,
