@@ -5,7 +5,7 @@
 use std::sync::LazyLock;
 
 use pingora_cache::MemCache;
-use tier_conformance::{all_checks, run_all, Needs};
+use tier_conformance::{all_checks, run_all, run_declared, Needs};
 use tier_core::{Capabilities, PlainTier};
 
 /// What `MemCache` actually supports: streaming partial writes, seek and a
@@ -16,13 +16,16 @@ fn memcache_capabilities() -> Capabilities {
     caps
 }
 
-static MEMCACHE: LazyLock<PlainTier<MemCache>> = LazyLock::new(|| {
-    PlainTier::new("pingora MemCache", MemCache::new()).with_capabilities(memcache_capabilities())
+static MEMCACHE: LazyLock<MemCache> = LazyLock::new(MemCache::new);
+
+static WRAPPED: LazyLock<PlainTier<MemCache>> = LazyLock::new(|| {
+    PlainTier::new("MemCache in PlainTier", MemCache::new())
+        .with_capabilities(memcache_capabilities())
 });
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memcache_fails_exactly_its_known_defects() {
-    let report = run_all(&*MEMCACHE).await;
+    let report = run_declared(&*MEMCACHE, "pingora MemCache", memcache_capabilities()).await;
     assert_eq!(
         report.failed_names(),
         vec![
@@ -52,6 +55,22 @@ async fn memcache_fails_exactly_its_known_defects() {
     assert_eq!(
         report.passed.len() + report.failed.len() + report.skipped.len(),
         all_checks().len()
+    );
+}
+
+/// PlainTier guards the two panics (update_meta of an absent key, a purge
+/// racing a write); the semantic defects remain and the suite still sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_tier_removes_memcache_panics_but_not_its_semantics() {
+    let report = run_all(&*WRAPPED).await;
+    assert_eq!(
+        report.failed_names(),
+        vec![
+            "aborted_writer_fails_reader",
+            "seek_none_end_after_bounded_seek",
+            "seek_multipart_none_end_after_bounded",
+        ],
+        "{report}"
     );
 }
 

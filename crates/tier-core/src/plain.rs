@@ -2,10 +2,13 @@
 
 use std::any::Any;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_cache::eviction::CacheEntryId;
+use pingora_cache::key::CompactCacheKey;
 use pingora_cache::storage::{
     HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
     Storage,
@@ -30,6 +33,32 @@ pub struct PlainTier<S> {
     inner: S,
     capabilities: Option<Capabilities>,
     counters: StatsCounters,
+    /// Purge epochs by key stripe, and a lock that keeps a purge and a
+    /// `finish` of the same storage apart (see `CountingMiss::finish`).
+    purges: Arc<PurgeEpochs>,
+}
+
+/// Bumped on every purge of a key in the stripe; a write that saw another
+/// epoch when it started is dropped instead of finished.
+#[derive(Debug)]
+struct PurgeEpochs {
+    stripes: [AtomicU64; 64],
+    gate: tokio::sync::RwLock<()>,
+}
+
+impl Default for PurgeEpochs {
+    fn default() -> Self {
+        PurgeEpochs {
+            stripes: std::array::from_fn(|_| AtomicU64::new(0)),
+            gate: tokio::sync::RwLock::new(()),
+        }
+    }
+}
+
+impl PurgeEpochs {
+    fn stripe(&self, key: &CompactCacheKey) -> &AtomicU64 {
+        &self.stripes[(key.primary[0] % 64) as usize]
+    }
 }
 
 impl<S> fmt::Debug for PlainTier<S> {
@@ -50,6 +79,7 @@ impl<S: Storage + Send + Sync + 'static> PlainTier<S> {
             inner,
             capabilities: None,
             counters: StatsCounters::new(),
+            purges: Arc::default(),
         }
     }
 
@@ -112,10 +142,15 @@ impl<S: Storage + Send + Sync + 'static> Storage for PlainTier<S> {
         meta: &CacheMeta,
         trace: &SpanHandle,
     ) -> Result<MissHandler> {
+        let compact = key.to_compact();
+        let epoch = self.purges.stripe(&compact).load(Ordering::Acquire);
         let inner = self.count_error(self.inner.get_miss_handler(key, meta, trace).await)?;
         Ok(Box::new(CountingMiss {
             inner,
             counters: &self.counters,
+            purges: self.purges.clone(),
+            key: compact,
+            epoch,
         }))
     }
 
@@ -125,6 +160,13 @@ impl<S: Storage + Send + Sync + 'static> Storage for PlainTier<S> {
         purge_type: PurgeType,
         trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
+        // Some storages (pingora's MemCache) panic in a write's `finish` when
+        // a purge removed the write's state: bump the epoch so such a write
+        // is dropped instead, with the gate keeping the two apart.
+        let _gate = self.purges.gate.write().await;
+        self.purges
+            .stripe(target.key())
+            .fetch_add(1, Ordering::AcqRel);
         let outcome = self.inner.purge(target, purge_type, trace).await;
         self.count_error(outcome)
     }
@@ -144,6 +186,14 @@ impl<S: Storage + Send + Sync + 'static> Storage for PlainTier<S> {
         meta: &CacheMeta,
         trace: &SpanHandle,
     ) -> Result<bool> {
+        // Some storages (pingora's MemCache among them) panic when asked to
+        // update an absent entry; look first, so an absent key is `false`.
+        if self
+            .count_error(self.inner.lookup(key, trace).await)?
+            .is_none()
+        {
+            return Ok(false);
+        }
         let updated = self.inner.update_meta(key, meta, trace).await;
         self.count_error(updated)
     }
@@ -175,10 +225,14 @@ impl<S: Storage + Send + Sync + 'static> Tier for PlainTier<S> {
     }
 }
 
-/// Counts an insert when the wrapped miss handler finishes.
+/// Counts an insert when the wrapped miss handler finishes, and drops a write
+/// that a purge of its key overtook.
 struct CountingMiss {
     inner: MissHandler,
     counters: &'static StatsCounters,
+    purges: Arc<PurgeEpochs>,
+    key: CompactCacheKey,
+    epoch: u64,
 }
 
 #[async_trait]
@@ -189,6 +243,15 @@ impl HandleMiss for CountingMiss {
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let counters = self.counters;
+        let purges = self.purges.clone();
+        let _gate = purges.gate.read().await;
+        if purges.stripe(&self.key).load(Ordering::Acquire) != self.epoch {
+            counters.record_rejection();
+            return Err(pingora_error::Error::explain(
+                pingora_error::ErrorType::InternalError,
+                "the key was purged while this write was in progress",
+            ));
+        }
         let finished = self.inner.finish().await;
         match finished {
             Ok(_) => counters.record_insert(),

@@ -1,0 +1,59 @@
+//! The hybrid's own counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of what the hybrid did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HybridStats {
+    /// Lookups served by the hot tier.
+    pub hot_hits: u64,
+    /// Lookups served by the cold tier.
+    pub cold_hits: u64,
+    /// Lookups neither tier could serve.
+    pub misses: u64,
+    /// Cold entries copied into the hot tier.
+    pub promotions: u64,
+    /// Cold hits not promoted: not admitted, already moving, over budget,
+    /// or abandoned (the reader stopped or seeked).
+    pub promotion_skips: u64,
+    /// Hot entries copied into the cold tier (write-back).
+    pub demotions: u64,
+    /// Hot evictions not demoted because the move budget was spent or the key
+    /// was already moving.
+    pub demotion_skips: u64,
+    /// Errors from either tier that the hybrid absorbed.
+    pub errors: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) hot_hits: AtomicU64,
+    pub(crate) cold_hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) promotions: AtomicU64,
+    pub(crate) promotion_skips: AtomicU64,
+    pub(crate) demotions: AtomicU64,
+    pub(crate) demotion_skips: AtomicU64,
+    pub(crate) errors: AtomicU64,
+}
+
+pub(crate) fn incr(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> HybridStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        HybridStats {
+            hot_hits: get(&self.hot_hits),
+            cold_hits: get(&self.cold_hits),
+            misses: get(&self.misses),
+            promotions: get(&self.promotions),
+            promotion_skips: get(&self.promotion_skips),
+            demotions: get(&self.demotions),
+            demotion_skips: get(&self.demotion_skips),
+            errors: get(&self.errors),
+        }
+    }
+}
