@@ -14,6 +14,7 @@
 mod disk_bench;
 mod disk_raw;
 mod hit_ratio;
+mod hybrid_bench;
 mod micro;
 mod report;
 mod runner;
@@ -54,7 +55,7 @@ const TASKS: usize = 4;
 
 struct Args {
     quick: bool,
-    /// Run only this section: `hit`, `insert`, `ratio`, `disk` or `raw`.
+    /// Run only this section: `hit`, `insert`, `ratio`, `disk`, `hybrid` or `raw`.
     only: Option<String>,
     /// Run only storages whose name contains this.
     storage: Option<String>,
@@ -80,7 +81,7 @@ fn parse_args() -> Result<Args, String> {
             "--storage" => args.storage = Some(it.next().ok_or("--storage needs a name")?),
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
             "-h" | "--help" => {
-                println!("usage: tier-bench [--quick] [--only hit|insert|ratio|disk|raw] [--micro] [--storage NAME] [--out DIR]");
+                println!("usage: tier-bench [--quick] [--only hit|insert|ratio|disk|hybrid|raw] [--micro] [--storage NAME] [--out DIR]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
@@ -219,6 +220,14 @@ fn main() {
             report.push_str(&disk_bench::section(&rt, &disk_dir, args.quick, TASKS));
         }
         std::fs::remove_dir_all(&disk_dir).ok();
+    }
+
+    if run("hybrid") {
+        let hybrid_dir = args.out.join("hybrid");
+        if std::fs::create_dir_all(&hybrid_dir).is_ok() {
+            report.push_str(&hybrid_bench::section(&rt, &hybrid_dir, args.quick));
+        }
+        std::fs::remove_dir_all(&hybrid_dir).ok();
     }
 
     if run("raw") {

@@ -13,7 +13,7 @@ use pingora_error::Result;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::ids::{tag_id, TierBit};
-use crate::moves::MoveGuard;
+use crate::moves::{CleanSet, MoveGuard};
 use crate::stats::{incr, Counters};
 
 /// A tier's hit, reporting the hybrid's entry id (the tier's id with the
@@ -33,6 +33,8 @@ pub(crate) struct Promotion {
     pub(crate) ceiling: u64,
     pub(crate) copied: u64,
     pub(crate) counters: Arc<Counters>,
+    /// In write-back: where to record that the promoted copy is clean.
+    pub(crate) clean: Option<(Arc<CleanSet>, u64)>,
 }
 
 impl TaggedHit {
@@ -85,11 +87,16 @@ impl HandleHit for TaggedHit {
                         mut hot_miss,
                         guard,
                         counters,
+                        clean,
                         ..
                     } = promotion;
+                    let hot_id = hot_miss.entry_id();
                     let published = hot_miss.write_body(Bytes::new(), true).await.is_ok()
                         && guard.try_finish()
                         && hot_miss.finish().await.is_ok();
+                    if let (true, Some((set, slot)), Some(id)) = (published, clean, hot_id) {
+                        set.mark(slot, id.get());
+                    }
                     incr(if published {
                         &counters.promotions
                     } else {

@@ -152,3 +152,35 @@ mod tests {
         moves.wait_idle().await;
     }
 }
+
+/// Hot entries known to equal their cold copy (promoted from it, not written
+/// since), by key slot and hot entry id: in write-back, evicting one needs no
+/// demotion. Bounded: when full it forgets everything, which only costs
+/// demotions that were not needed.
+#[derive(Debug, Default)]
+pub(crate) struct CleanSet {
+    map: Mutex<HashMap<u64, u64>>,
+}
+
+const CLEAN_CAP: usize = 1 << 20;
+
+impl CleanSet {
+    pub(crate) fn mark(&self, slot: u64, hot_id: u64) {
+        let mut map = self.map.lock();
+        if map.len() >= CLEAN_CAP {
+            map.clear();
+        }
+        map.insert(slot, hot_id);
+    }
+
+    /// Forget `slot` (a new write, a purge).
+    pub(crate) fn forget(&self, slot: u64) {
+        self.map.lock().remove(&slot);
+    }
+
+    /// Whether the evicted `hot_id` of `slot` was clean; forgets it either way.
+    pub(crate) fn take(&self, slot: u64, hot_id: Option<u64>) -> bool {
+        let removed = self.map.lock().remove(&slot);
+        removed.is_some() && removed == hot_id
+    }
+}

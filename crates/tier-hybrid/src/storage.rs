@@ -18,7 +18,7 @@ use tier_core::{Capabilities, EvictedEntry, EvictionListener, Tier, TierStats};
 use crate::hit::{Promotion, TaggedHit};
 use crate::ids::{tag_id, untag_id, TierBit};
 use crate::miss::HybridMiss;
-use crate::moves::{MoveGuard, Moves};
+use crate::moves::{CleanSet, MoveGuard, Moves};
 use crate::policy::{Admission, Policy};
 use crate::stats::{incr, Counters, HybridStats};
 
@@ -53,6 +53,7 @@ struct Shared {
     admission: Admission,
     moves: Arc<Moves>,
     counters: Arc<Counters>,
+    clean: Arc<CleanSet>,
 }
 
 impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
@@ -68,6 +69,7 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
             admission: Admission::new(policy),
             moves: Arc::new(Moves::default()),
             counters: Arc::new(Counters::default()),
+            clean: Arc::new(CleanSet::default()),
         });
         if shared.admission.policy().demotes_hot_evictions() {
             let demoter = Arc::new(Demoter {
@@ -151,6 +153,12 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
                     ceiling: self.shared.admission.policy().promote_ceiling(),
                     copied: 0,
                     counters: counters.clone(),
+                    clean: self
+                        .shared
+                        .admission
+                        .policy()
+                        .demotes_hot_evictions()
+                        .then(|| (self.shared.clean.clone(), slot)),
                 }),
             }),
             Err(e) => {
@@ -175,8 +183,14 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
     }
 
     /// Demote an entry the hot tier gave up, if the budget allows.
-    fn demote(&self, key: CompactCacheKey, meta: CacheMeta, body: HitHandler) {
-        spawn_demotion(self.cold, self.shared.clone(), key, meta, body);
+    fn demote(
+        &self,
+        key: CompactCacheKey,
+        hot_id: Option<CacheEntryId>,
+        meta: CacheMeta,
+        body: HitHandler,
+    ) {
+        spawn_demotion(self.cold, self.shared.clone(), key, hot_id, meta, body);
     }
 }
 
@@ -212,11 +226,17 @@ fn spawn_demotion<Cold: Tier>(
     cold: &'static Cold,
     shared: Arc<Shared>,
     key: CompactCacheKey,
+    hot_id: Option<CacheEntryId>,
     meta: CacheMeta,
     mut body: HitHandler,
 ) {
     let counters = shared.counters.clone();
     let slot = entry_hash64(&key);
+    // A copy promoted from the cold tier and not written since is already
+    // there: demoting it would only rewrite the same bytes.
+    if shared.clean.take(slot, hot_id.map(CacheEntryId::get)) {
+        return;
+    }
     let (Ok(permit), Some(guard)) = (shared.admission.move_permit(), shared.moves.begin(slot))
     else {
         incr(&counters.demotion_skips);
@@ -276,6 +296,7 @@ impl<Cold: Tier> EvictionListener for Demoter<Cold> {
             self.cold,
             self.shared.clone(),
             entry.key,
+            entry.entry_id,
             entry.meta,
             entry.body,
         );
@@ -427,6 +448,7 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         };
         match purge_type {
             PurgeType::Invalidation => {
+                self.shared.clean.forget(entry_hash64(key));
                 let hot = self
                     .hot
                     .purge(
@@ -486,7 +508,8 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
                     )
                     .await?;
                 if let (Some((meta, body)), PurgeOutcome::Purged(_)) = (taken, hot) {
-                    self.demote(key.clone(), meta, body);
+                    let hot_id = body.entry_id();
+                    self.demote(key.clone(), hot_id, meta, body);
                 }
                 Ok(combine(Some(hot), None))
             }

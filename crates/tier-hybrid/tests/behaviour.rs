@@ -298,6 +298,36 @@ async fn write_back_writes_hot_only_and_demotes_what_hot_evicts() {
     assert_eq!(get(f.hybrid, "fill/0").await, Some(vec![2u8; 100_000]));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_does_not_demote_an_unchanged_promoted_copy() {
+    let f = fixture(always().write(WritePolicy::WriteBack)).await;
+    put(f.disk, "clean", &[&[4u8; 8_000]]).await;
+    assert!(get(f.hybrid, "clean").await.is_some());
+    f.hybrid.wait_for_moves().await;
+    assert!(get(f.memory, "clean").await.is_some(), "not promoted");
+    let compact = key("clean").to_compact();
+    f.hybrid
+        .purge(PurgeTarget::Active(&compact), PurgeType::Eviction, &span())
+        .await
+        .expect("purge");
+    f.hybrid.wait_for_moves().await;
+    assert_eq!(
+        f.hybrid.hybrid_stats().demotions,
+        0,
+        "rewrote a copy the cold tier already had"
+    );
+    assert_eq!(get(f.disk, "clean").await, Some(vec![4u8; 8_000]));
+    // Written anew, the same key is dirty again and is demoted on eviction.
+    put(f.hybrid, "clean", &[&[5u8; 8_000]]).await;
+    f.hybrid
+        .purge(PurgeTarget::Active(&compact), PurgeType::Eviction, &span())
+        .await
+        .expect("purge");
+    f.hybrid.wait_for_moves().await;
+    assert_eq!(f.hybrid.hybrid_stats().demotions, 1);
+    assert_eq!(get(f.disk, "clean").await, Some(vec![5u8; 8_000]));
+}
+
 // ---- promotion policy ------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
