@@ -15,7 +15,7 @@ use crate::runner::{populate, run_trace, DynStorage, Op};
 use crate::workload::{SizeClass, Workload};
 
 /// Bytes this process has caused to be written to storage (`/proc/self/io`).
-fn written_bytes() -> Option<u64> {
+pub fn written_bytes() -> Option<u64> {
     let io = std::fs::read_to_string("/proc/self/io").ok()?;
     io.lines()
         .find_map(|l| l.strip_prefix("write_bytes:"))

@@ -14,16 +14,10 @@ use tier_hybrid::HybridStorage;
 use tier_memory::{MemoryConfig, MemoryStorage};
 use tokio::runtime::Runtime;
 
+use crate::disk_bench::written_bytes;
 use crate::hit_ratio::scan_mix_trace;
 use crate::runner::{bench_meta, insert, leak};
 use crate::workload::{Expected, SizeClass, Workload};
-
-fn written_bytes() -> Option<u64> {
-    let io = std::fs::read_to_string("/proc/self/io").ok()?;
-    io.lines()
-        .find_map(|l| l.strip_prefix("write_bytes:"))
-        .and_then(|v| v.trim().parse().ok())
-}
 
 /// The hybrid section of the report, with caches under `dir`.
 pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {

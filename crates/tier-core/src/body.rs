@@ -13,6 +13,20 @@ use pingora_error::Result;
 
 use crate::error::seek_out_of_range;
 
+/// The byte range `seek(start, end)` selects in a body of `len` bytes, with
+/// the semantics every tier shares: `end: None` is the end of the body, an
+/// end past it is clamped, a start at or past the end of a non-empty body is
+/// an error (on an empty body only 0 is allowed), and so is an end before the
+/// start.
+pub fn seek_range(start: usize, end: Option<usize>, len: usize) -> Result<(usize, usize)> {
+    let past_end = if len == 0 { start > 0 } else { start >= len };
+    let clamped = end.map_or(len, |end| end.min(len));
+    if past_end || clamped < start {
+        return Err(seek_out_of_range(start, end, len));
+    }
+    Ok((start, clamped))
+}
+
 /// Serves a complete in-memory body, with range seeks.
 ///
 /// The body is one [`Bytes`] or a list of chunks ([`BodyHitHandler::from_chunks`]).
@@ -98,15 +112,7 @@ impl BodyHitHandler {
     }
 
     fn select(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        let len = self.len;
-        let past_end = if len == 0 { start > 0 } else { start >= len };
-        if past_end {
-            return Err(seek_out_of_range(start, end, len));
-        }
-        let end = end.map_or(len, |end| end.min(len));
-        if end < start {
-            return Err(seek_out_of_range(start, Some(end), len));
-        }
+        let (start, end) = seek_range(start, end, self.len)?;
         // A seek restarts reading, so one handler can serve several ranges.
         self.pos = start;
         self.end = end;

@@ -78,6 +78,18 @@ pub fn cache_key_from_compact(key: &CompactCacheKey) -> CacheKey {
     cache_key
 }
 
+/// The key a purge or expiry targets, and the entry id it requires (for an
+/// exact target that names one).
+pub fn target_parts(
+    target: pingora_cache::storage::PurgeTarget<'_>,
+) -> (&CompactCacheKey, Option<u64>) {
+    use pingora_cache::storage::PurgeTarget;
+    match target {
+        PurgeTarget::Active(key) => (key, None),
+        PurgeTarget::Exact(entry) => (entry.key(), entry.entry_id().map(|id| id.get())),
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);

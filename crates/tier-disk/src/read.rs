@@ -266,14 +266,9 @@ impl DiskHitHandler {
                 "seek is not supported while following a write",
             ));
         };
-        let len = body_len as usize;
-        let past_end = if len == 0 { start > 0 } else { start >= len };
-        let clamped = end.map_or(len, |e| e.min(len));
-        if past_end || clamped < start {
-            return Err(tier_core::error::seek_out_of_range(start, end, len));
-        }
+        let (start, end) = tier_core::seek_range(start, end, body_len as usize)?;
         self.pos = start as u64;
-        self.end = Some(clamped as u64);
+        self.end = Some(end as u64);
         Ok(())
     }
 }

@@ -638,13 +638,6 @@ enum MetaChange {
     Expire,
 }
 
-fn split_target(target: PurgeTarget<'_>) -> (CompactCacheKey, Option<u64>) {
-    match target {
-        PurgeTarget::Active(key) => (key.clone(), None),
-        PurgeTarget::Exact(entry) => (entry.key().clone(), entry.entry_id().map(CacheEntryId::get)),
-    }
-}
-
 #[async_trait]
 impl Storage for DiskStorage {
     async fn lookup(
@@ -690,7 +683,8 @@ impl Storage for DiskStorage {
         _purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let (key, id) = split_target(target);
+        let (key, id) = tier_core::key::target_parts(target);
+        let key = key.clone();
         let removed = self.io.run(move || self.remove_entry(&key, id)).await?;
         Ok(match removed {
             Some(entry) => PurgeOutcome::Purged(Some(CacheEntryId::new(entry.id))),
@@ -703,7 +697,8 @@ impl Storage for DiskStorage {
         target: PurgeTarget<'_>,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let (key, id) = split_target(target);
+        let (key, id) = tier_core::key::target_parts(target);
+        let key = key.clone();
         let changed = self
             .io
             .run(move || self.rewrite_meta(&key, id, MetaChange::Expire))

@@ -194,6 +194,18 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
     }
 }
 
+/// For an exact target carrying one of the hybrid's ids: the tier it names
+/// and that tier's own identity of the entry.
+fn exact_target(target: PurgeTarget<'_>) -> Option<(CacheEntryKey, TierBit)> {
+    let PurgeTarget::Exact(entry) = target else {
+        return None;
+    };
+    entry.entry_id().map(|id| {
+        let (id, bit) = untag_id(id);
+        (CacheEntryKey::identified(entry.key().clone(), id), bit)
+    })
+}
+
 fn content_length(meta: &CacheMeta) -> Option<u64> {
     meta.headers()
         .get(http_content_length())
@@ -423,13 +435,7 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let key = target.key();
-        let exact = match target {
-            PurgeTarget::Exact(entry) => entry.entry_id().map(|id| {
-                let (id, bit) = untag_id(id);
-                (CacheEntryKey::identified(key.clone(), id), bit)
-            }),
-            PurgeTarget::Active(_) => None,
-        };
+        let exact = exact_target(target);
         // An id from this hybrid that names no tier's generation cannot match.
         if let PurgeTarget::Exact(CacheEntryKey::Identified { .. }) = target {
             if exact.is_none() {
@@ -523,13 +529,7 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
     ) -> Result<PurgeOutcome> {
         let key = target.key();
         self.shared.moves.cancel(entry_hash64(key)).await;
-        let exact = match target {
-            PurgeTarget::Exact(entry) => entry.entry_id().map(|id| {
-                let (id, bit) = untag_id(id);
-                (CacheEntryKey::identified(key.clone(), id), bit)
-            }),
-            PurgeTarget::Active(_) => None,
-        };
+        let exact = exact_target(target);
         let counters = &self.shared.counters;
         let hot = self
             .hot

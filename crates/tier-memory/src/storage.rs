@@ -227,7 +227,7 @@ impl MemoryStorage {
 
     /// Remove the complete entry the target names.
     fn remove_target(&self, target: PurgeTarget<'_>) -> Option<Arc<Entry>> {
-        let (key, id) = split_target(target);
+        let (key, id) = tier_core::key::target_parts(target);
         let key_ref = KeyRef::from_compact(key);
         let hash = key_ref.hash64();
         let removed = self.shards[self.shard_of(hash)].remove_if(hash, |entry| {
@@ -283,13 +283,6 @@ impl MemoryStorage {
                 false
             }
         }
-    }
-}
-
-fn split_target(target: PurgeTarget<'_>) -> (&CompactCacheKey, Option<u64>) {
-    match target {
-        PurgeTarget::Active(key) => (key, None),
-        PurgeTarget::Exact(entry) => (entry.key(), entry.entry_id().map(CacheEntryId::get)),
     }
 }
 
@@ -379,7 +372,7 @@ impl Storage for MemoryStorage {
         target: PurgeTarget<'_>,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let (key, id) = split_target(target);
+        let (key, id) = tier_core::key::target_parts(target);
         let key_ref = KeyRef::from_compact(key);
         let hash = key_ref.hash64();
         let current = {
