@@ -12,6 +12,24 @@ pub(crate) enum TierBit {
     Cold = 1,
 }
 
+/// Which tier of a hybrid served a hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The hot tier.
+    Hot,
+    /// The cold tier.
+    Cold,
+}
+
+/// Which tier served `hit`, read from the hybrid's entry id; `None` when the
+/// tier assigns no ids (a `PlainTier` over a storage without them).
+pub fn served_by(hit: &pingora_cache::storage::HitHandler) -> Option<Served> {
+    hit.entry_id().map(|id| match untag_id(id).1 {
+        TierBit::Hot => Served::Hot,
+        TierBit::Cold => Served::Cold,
+    })
+}
+
 const TOP: u64 = 1 << 63;
 const NESTED: u64 = 1 << 62;
 
