@@ -18,12 +18,26 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!("tiers proxy on http://{} -> {}", built.listen, built.upstream);
-    println!("cache: {} MiB memory over {} MiB disk in {}", opts.memory_mib, opts.disk_mib, opts.cache_dir.display());
+    println!(
+        "tiers proxy on http://{} -> {}",
+        built.listen, built.upstream
+    );
+    println!(
+        "cache: {} MiB memory over {} MiB disk in {}",
+        opts.memory_mib,
+        opts.disk_mib,
+        opts.cache_dir.display()
+    );
     if built.origin.is_some() {
         println!("demo origin started; try:");
-        println!("  curl -si http://{}/bytes/1048576 -o /dev/null -D -   # miss, then run again: hit", built.listen);
-        println!("  curl -si -H 'Range: bytes=0-99' http://{}/bytes/1048576 -o /dev/null -D -", built.listen);
+        println!(
+            "  curl -si http://{}/bytes/1048576 -o /dev/null -D -   # miss, then run again: hit",
+            built.listen
+        );
+        println!(
+            "  curl -si -H 'Range: bytes=0-99' http://{}/bytes/1048576 -o /dev/null -D -",
+            built.listen
+        );
         println!("  curl -s http://{}/metrics", built.listen);
     }
     built.server.run_forever();

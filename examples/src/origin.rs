@@ -61,17 +61,25 @@ impl ServeHttp for DemoOrigin {
                 .header("content-length", body.len())
                 .body(body)
         };
-        let response = if let Some(len) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+        let response = if let Some(len) = path
+            .strip_prefix("/bytes/")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             build(StatusCode::OK, "max-age=60", demo_body(len.min(64 << 20)))
         } else if path == "/nostore" {
             build(StatusCode::OK, "no-store", b"never cache me".to_vec())
         } else if path == "/vary" {
             let lang = header("accept-language");
-            build(StatusCode::OK, "max-age=60", format!("language: {lang}").into_bytes())
-                .map(|mut r| {
-                    r.headers_mut().insert("vary", http::HeaderValue::from_static("accept-language"));
-                    r
-                })
+            build(
+                StatusCode::OK,
+                "max-age=60",
+                format!("language: {lang}").into_bytes(),
+            )
+            .map(|mut r| {
+                r.headers_mut()
+                    .insert("vary", http::HeaderValue::from_static("accept-language"));
+                r
+            })
         } else if path == "/revalidate" {
             if header("if-none-match") == ETAG {
                 self.counters.not_modified.fetch_add(1, Ordering::Relaxed);
@@ -82,12 +90,17 @@ impl ServeHttp for DemoOrigin {
                     .body(Vec::new())
             } else {
                 build(StatusCode::OK, "max-age=1", b"revalidated body".to_vec()).map(|mut r| {
-                    r.headers_mut().insert("etag", http::HeaderValue::from_static(ETAG));
+                    r.headers_mut()
+                        .insert("etag", http::HeaderValue::from_static(ETAG));
                     r
                 })
             }
         } else {
-            build(StatusCode::OK, "max-age=60", b"hello from the demo origin\n".to_vec())
+            build(
+                StatusCode::OK,
+                "max-age=60",
+                b"hello from the demo origin\n".to_vec(),
+            )
         };
         response.unwrap_or_else(|_| Response::new(b"bad response".to_vec()))
     }

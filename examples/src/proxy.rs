@@ -15,7 +15,10 @@ use pingora_cache::eviction::lru::Manager as LruManager;
 use pingora_cache::filters::{request_cacheable, resp_cacheable};
 use pingora_cache::key::HashBinary;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
-use pingora_cache::{CacheKey, CacheMeta, CacheMetaDefaults, HitHandler, NoCacheReason, RespCacheable, VarianceBuilder};
+use pingora_cache::{
+    CacheKey, CacheMeta, CacheMetaDefaults, HitHandler, NoCacheReason, RespCacheable,
+    VarianceBuilder,
+};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -118,8 +121,17 @@ impl Tiers {
             WriteArg::Through => WritePolicy::WriteThrough,
             WriteArg::Back => WritePolicy::WriteBack,
         };
-        let cache = HybridStorage::new(memory, disk, Policy::default().write(write).promotion(promotion)).leak();
-        Ok(Tiers { cache, memory, disk })
+        let cache = HybridStorage::new(
+            memory,
+            disk,
+            Policy::default().write(write).promotion(promotion),
+        )
+        .leak();
+        Ok(Tiers {
+            cache,
+            memory,
+            disk,
+        })
     }
 }
 
@@ -141,7 +153,9 @@ pub struct CachingProxy {
 
 impl std::fmt::Debug for CachingProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CachingProxy").field("upstream", &self.upstream).finish_non_exhaustive()
+        f.debug_struct("CachingProxy")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
     }
 }
 
@@ -153,7 +167,10 @@ impl CachingProxy {
             tiers,
             // Tracks every cached entry across both tiers; its purges of
             // hot-tier ids evict from memory (demoting in write-back).
-            eviction: Box::leak(Box::new(LruManager::<16>::with_capacity(total_bytes, 1 << 16))),
+            eviction: Box::leak(Box::new(LruManager::<16>::with_capacity(
+                total_bytes,
+                1 << 16,
+            ))),
             lock: Box::leak(CacheLock::new_boxed(Duration::from_secs(5))),
             metrics: Metrics::new(),
         }
@@ -187,13 +204,23 @@ impl ProxyHttp for CachingProxy {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
     }
 
     fn request_cache_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<()> {
         if request_cacheable(session.req_header()) {
-            session.cache.enable(self.tiers.cache, Some(self.eviction), None, Some(self.lock), None);
+            session.cache.enable(
+                self.tiers.cache,
+                Some(self.eviction),
+                None,
+                Some(self.lock),
+                None,
+            );
         }
         Ok(())
     }
@@ -201,7 +228,11 @@ impl ProxyHttp for CachingProxy {
     fn cache_key_callback(&self, session: &Session, _ctx: &mut Self::CTX) -> Result<CacheKey> {
         let req = session.req_header();
         // Length-prefixed parts, so "a" + "bc" and "ab" + "c" differ.
-        let host = req.headers.get("host").map(|v| v.as_bytes()).unwrap_or_default();
+        let host = req
+            .headers
+            .get("host")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
         let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let mut primary = Vec::with_capacity(16 + host.len() + target.len());
         for part in [host, target.as_bytes()] {
@@ -211,13 +242,28 @@ impl ProxyHttp for CachingProxy {
         Ok(CacheKey::new(primary, ""))
     }
 
-    fn response_cache_filter(&self, session: &Session, resp: &ResponseHeader, _ctx: &mut Self::CTX) -> Result<RespCacheable> {
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<RespCacheable> {
         let cc = CacheControl::from_resp_headers(resp);
         let authorized = session.req_header().headers.contains_key("authorization");
-        Ok(resp_cacheable(cc.as_ref(), resp.clone(), authorized, &DEFAULTS))
+        Ok(resp_cacheable(
+            cc.as_ref(),
+            resp.clone(),
+            authorized,
+            &DEFAULTS,
+        ))
     }
 
-    fn cache_vary_filter(&self, meta: &CacheMeta, _ctx: &mut Self::CTX, req: &RequestHeader) -> Option<HashBinary> {
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Self::CTX,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
         let mut variance = VarianceBuilder::new();
         let names: Vec<String> = meta
             .headers()
@@ -229,7 +275,11 @@ impl ProxyHttp for CachingProxy {
             .filter(|name| !name.is_empty())
             .collect();
         for name in &names {
-            let value = req.headers.get(name.as_str()).map(|v| v.as_bytes()).unwrap_or_default();
+            let value = req
+                .headers
+                .get(name.as_str())
+                .map(|v| v.as_bytes())
+                .unwrap_or_default();
             variance.add_value(name, value);
         }
         variance.finalize()
@@ -250,8 +300,16 @@ impl ProxyHttp for CachingProxy {
         Ok(None)
     }
 
-    async fn response_filter(&self, session: &mut Session, upstream_response: &mut ResponseHeader, ctx: &mut Self::CTX) -> Result<()> {
-        if session.cache.enabled() || session.cache.phase() != pingora_cache::CachePhase::Disabled(NoCacheReason::NeverEnabled) {
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if session.cache.enabled()
+            || session.cache.phase()
+                != pingora_cache::CachePhase::Disabled(NoCacheReason::NeverEnabled)
+        {
             upstream_response.insert_header("x-cache-status", session.cache.phase().as_str())?;
         }
         if let Some(tier) = ctx.tier {
@@ -278,14 +336,28 @@ impl Metrics {
             &["event"],
         )
         .expect("static metric definition is valid");
-        let tier_bytes = IntGaugeVec::new(Opts::new("tiers_bytes", "Bytes charged per tier"), &["tier"])
-            .expect("static metric definition is valid");
-        let tier_entries = IntGaugeVec::new(Opts::new("tiers_entries", "Entries per tier"), &["tier"])
-            .expect("static metric definition is valid");
-        for collector in [Box::new(events.clone()) as Box<dyn prometheus::core::Collector>, Box::new(tier_bytes.clone()), Box::new(tier_entries.clone())] {
+        let tier_bytes = IntGaugeVec::new(
+            Opts::new("tiers_bytes", "Bytes charged per tier"),
+            &["tier"],
+        )
+        .expect("static metric definition is valid");
+        let tier_entries =
+            IntGaugeVec::new(Opts::new("tiers_entries", "Entries per tier"), &["tier"])
+                .expect("static metric definition is valid");
+        for collector in [
+            Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tier_bytes.clone()),
+            Box::new(tier_entries.clone()),
+        ] {
             let _ = registry.register(collector);
         }
-        Metrics { registry, events, tier_bytes, tier_entries, seen: Mutex::new(Vec::new()) }
+        Metrics {
+            registry,
+            events,
+            tier_bytes,
+            tier_entries,
+            seen: Mutex::new(Vec::new()),
+        }
     }
 
     fn render(&self, tiers: &Tiers) -> String {
@@ -307,14 +379,20 @@ impl Metrics {
         if let Ok(mut seen) = self.seen.lock() {
             for (event, total) in totals {
                 let before = seen.iter().find(|(e, _)| e == event).map_or(0, |(_, v)| *v);
-                self.events.with_label_values(&[event]).inc_by(total.saturating_sub(before));
+                self.events
+                    .with_label_values(&[event])
+                    .inc_by(total.saturating_sub(before));
                 seen.retain(|(e, _)| e != event);
                 seen.push((event.to_string(), total));
             }
         }
         for (tier, stats) in [("memory", memory), ("disk", disk)] {
-            self.tier_bytes.with_label_values(&[tier]).set(stats.bytes as i64);
-            self.tier_entries.with_label_values(&[tier]).set(stats.entries as i64);
+            self.tier_bytes
+                .with_label_values(&[tier])
+                .set(stats.bytes as i64);
+            self.tier_entries
+                .with_label_values(&[tier])
+                .set(stats.entries as i64);
         }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -349,22 +427,29 @@ impl std::fmt::Debug for Built {
 /// Build the server the options describe. `demo_origin_port` is where the
 /// demo origin listens when there is no upstream (0 picks a free port).
 pub fn build(opts: &ProxyOptions, demo_origin_port: u16) -> Result<Built> {
-    let mut conf = ServerConf::default();
     // Stop promptly: no long drain on SIGTERM for an example.
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(1);
-    conf.threads = 2;
+    let conf = ServerConf {
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        threads: 2,
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let tiers = Tiers::open(opts)?;
     let (upstream, origin) = match opts.upstream {
         Some(upstream) => (upstream, None),
         None => {
-            let port = if demo_origin_port == 0 { free_port()? } else { demo_origin_port };
+            let port = if demo_origin_port == 0 {
+                free_port()?
+            } else {
+                demo_origin_port
+            };
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let app = crate::origin::DemoOrigin::default();
             let counters = app.counters.clone();
-            let mut service = pingora_core::services::listening::Service::new("demo origin".into(), app);
+            let mut service =
+                pingora_core::services::listening::Service::new("demo origin".into(), app);
             service.add_tcp(&addr.to_string());
             server.add_service(service);
             (addr, Some(counters))
@@ -375,7 +460,13 @@ pub fn build(opts: &ProxyOptions, demo_origin_port: u16) -> Result<Built> {
     let mut service = pingora_proxy::http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&opts.listen);
     server.add_service(service);
-    Ok(Built { server, listen: opts.listen.clone(), upstream, origin, tiers })
+    Ok(Built {
+        server,
+        listen: opts.listen.clone(),
+        upstream,
+        origin,
+        tiers,
+    })
 }
 
 /// A loopback port free right now.
@@ -383,5 +474,11 @@ pub fn free_port() -> Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| pingora_error::Error::because(pingora_error::ErrorType::BindError, "no free loopback port", e))
+        .map_err(|e| {
+            pingora_error::Error::because(
+                pingora_error::ErrorType::BindError,
+                "no free loopback port",
+                e,
+            )
+        })
 }

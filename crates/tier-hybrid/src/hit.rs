@@ -97,6 +97,7 @@ impl HandleHit for TaggedHit {
                     if let (true, Some((set, slot)), Some(id)) = (published, clean, hot_id) {
                         set.mark(slot, id.get());
                     }
+                    tracing::debug!(published, "promotion into the hot tier ended");
                     incr(if published {
                         &counters.promotions
                     } else {

@@ -262,7 +262,10 @@ fn spawn_demotion<Cold: Tier>(
         let _permit = permit;
         let demoted = copy_into(cold, &key, &meta, &mut body, &guard).await;
         match demoted {
-            Ok(true) => incr(&counters.demotions),
+            Ok(true) => {
+                tracing::debug!(hybrid = %shared.name, "entry demoted to the cold tier");
+                incr(&counters.demotions)
+            }
             Ok(false) => incr(&counters.demotion_skips),
             Err(e) => {
                 incr(&counters.errors);
@@ -389,16 +392,27 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
     ) -> Result<MissHandler> {
         let counters = &self.shared.counters;
         // A move of the old generation must not land on top of this write.
-        self.shared
-            .moves
-            .cancel(entry_hash64(&key.to_compact()))
-            .await;
-        let hot = match self.hot.get_miss_handler(key, meta, trace).await {
-            Ok(miss) => Some(miss),
-            Err(e) => {
-                incr(&counters.errors);
-                tracing::warn!(hybrid = %self.shared.name, error = %e, "hot tier refused a write");
-                None
+        let slot = entry_hash64(&key.to_compact());
+        self.shared.moves.cancel(slot).await;
+        self.shared.clean.forget(slot);
+        // A body the hot tier would refuse half-way goes to the cold tier
+        // alone from the start, so readers following the write (pingora's
+        // filling request among them) follow a write that can finish.
+        let hot_limit = self.hot.capabilities().max_object_bytes;
+        let too_big_for_hot = matches!(
+            (content_length(meta), hot_limit),
+            (Some(len), Some(limit)) if len > limit as u64
+        );
+        let hot = if too_big_for_hot {
+            None
+        } else {
+            match self.hot.get_miss_handler(key, meta, trace).await {
+                Ok(miss) => Some(miss),
+                Err(e) => {
+                    incr(&counters.errors);
+                    tracing::warn!(hybrid = %self.shared.name, error = %e, "hot tier refused a write");
+                    None
+                }
             }
         };
         let wants_cold = self.shared.admission.policy().writes_cold_on_miss() || hot.is_none();

@@ -328,6 +328,39 @@ async fn write_back_does_not_demote_an_unchanged_promoted_copy() {
     assert_eq!(get(f.disk, "clean").await, Some(vec![5u8; 8_000]));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_announced_too_large_for_hot_is_written_to_cold_alone() {
+    // The memory tier refuses bodies over half its 1 MiB.
+    let f = fixture_sized(always(), 1 << 20).await;
+    let meta = tier_core::testing::meta_fresh_for(
+        std::time::Duration::from_secs(60),
+        &[("content-length", "800000")],
+    );
+    let mut miss = f
+        .hybrid
+        .get_miss_handler(&key("large"), &meta, &span())
+        .await
+        .expect("miss");
+    let tag = miss.streaming_write_tag().map(<[u8]>::to_vec);
+    // A reader following the write (as pingora's filling request does)
+    // follows the cold tier's write, which can finish.
+    let (_, mut follower) = f
+        .hybrid
+        .lookup_streaming_write(&key("large"), tag.as_deref(), &span())
+        .await
+        .expect("lookup")
+        .expect("the write in progress");
+    for _ in 0..8 {
+        miss.write_body(Bytes::from(vec![6u8; 100_000]), false)
+            .await
+            .expect("write");
+    }
+    miss.finish().await.expect("finish");
+    assert_eq!(read_all(&mut follower).await.len(), 800_000);
+    assert!(get(f.memory, "large").await.is_none());
+    assert_eq!(get(f.disk, "large").await.map(|b| b.len()), Some(800_000));
+}
+
 // ---- promotion policy ------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
