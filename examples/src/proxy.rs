@@ -84,6 +84,19 @@ pub struct ProxyOptions {
     /// Promote a disk entry to memory on its Nth hit (0: never).
     #[arg(long, default_value_t = 2)]
     pub promote_on_hit: u8,
+    /// The storage behind the cache: the tiers, or pingora's test-only
+    /// MemCache (for comparisons only: unbounded, no disk).
+    #[arg(long, value_enum, default_value = "tiers")]
+    pub storage: StorageArg,
+}
+
+/// Which storage the proxy caches in, as a command-line value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StorageArg {
+    /// Memory over disk (`HybridStorage<MemoryStorage, DiskStorage>`).
+    Tiers,
+    /// pingora's `MemCache`, to compare against.
+    Memcache,
 }
 
 /// The tiers, opened.
@@ -145,7 +158,9 @@ static DEFAULTS: CacheMetaDefaults = CacheMetaDefaults::new(default_ttl, 60, 300
 /// The proxy.
 pub struct CachingProxy {
     upstream: SocketAddr,
-    tiers: Tiers,
+    storage: &'static (dyn pingora_cache::Storage + Sync),
+    /// The tiers, when the storage is them (for metrics and the tier header).
+    tiers: Option<Tiers>,
     eviction: &'static LruManager<16>,
     lock: &'static CacheKeyLockImpl,
     metrics: Metrics,
@@ -160,10 +175,16 @@ impl std::fmt::Debug for CachingProxy {
 }
 
 impl CachingProxy {
-    /// A proxy to `upstream` caching in `tiers`.
-    pub fn new(upstream: SocketAddr, tiers: Tiers, total_bytes: usize) -> Self {
+    /// A proxy to `upstream` caching in `tiers` (or, without them, in
+    /// pingora's `MemCache`).
+    pub fn new(upstream: SocketAddr, tiers: Option<Tiers>, total_bytes: usize) -> Self {
+        let storage: &'static (dyn pingora_cache::Storage + Sync) = match tiers {
+            Some(tiers) => tiers.cache,
+            None => Box::leak(Box::new(pingora_cache::MemCache::new())),
+        };
         CachingProxy {
             upstream,
+            storage,
             tiers,
             // Tracks every cached entry across both tiers; its purges of
             // hot-tier ids evict from memory (demoting in write-back).
@@ -195,7 +216,11 @@ impl ProxyHttp for CachingProxy {
         if session.req_header().uri.path() != "/metrics" {
             return Ok(false);
         }
-        let body = Bytes::from(self.metrics.render(&self.tiers));
+        let text = self
+            .tiers
+            .map(|tiers| self.metrics.render(&tiers))
+            .unwrap_or_default();
+        let body = Bytes::from(text);
         let mut resp = ResponseHeader::build(200, Some(2))?;
         resp.insert_header("content-type", "text/plain; version=0.0.4")?;
         resp.insert_header("content-length", body.len().to_string())?;
@@ -215,7 +240,7 @@ impl ProxyHttp for CachingProxy {
     fn request_cache_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<()> {
         if request_cacheable(session.req_header()) {
             session.cache.enable(
-                self.tiers.cache,
+                self.storage,
                 Some(self.eviction),
                 None,
                 Some(self.lock),
@@ -411,8 +436,8 @@ pub struct Built {
     pub upstream: SocketAddr,
     /// The demo origin's counters, if it started one.
     pub origin: Option<Arc<crate::origin::OriginCounters>>,
-    /// The cache.
-    pub tiers: Tiers,
+    /// The cache's tiers (none when caching in MemCache).
+    pub tiers: Option<Tiers>,
 }
 
 impl std::fmt::Debug for Built {
@@ -436,7 +461,10 @@ pub fn build(opts: &ProxyOptions, demo_origin_port: u16) -> Result<Built> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let tiers = Tiers::open(opts)?;
+    let tiers = match opts.storage {
+        StorageArg::Tiers => Some(Tiers::open(opts)?),
+        StorageArg::Memcache => None,
+    };
     let (upstream, origin) = match opts.upstream {
         Some(upstream) => (upstream, None),
         None => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use examples::origin::{demo_body, OriginCounters};
-use examples::proxy::{build, free_port, DurabilityArg, ProxyOptions, WriteArg};
+use examples::proxy::{build, free_port, DurabilityArg, ProxyOptions, StorageArg, WriteArg};
 use pingora_core::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -125,6 +125,7 @@ fn the_proxy_caches_in_memory_and_on_disk_end_to_end() {
         durability: DurabilityArg::Data,
         write: WriteArg::Through,
         promote_on_hit: 2,
+        storage: StorageArg::Tiers,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

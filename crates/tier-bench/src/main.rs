@@ -16,6 +16,7 @@ mod disk_raw;
 mod hit_ratio;
 mod hybrid_bench;
 mod micro;
+mod proxy_bench;
 mod report;
 mod runner;
 mod workload;
@@ -55,7 +56,7 @@ const TASKS: usize = 4;
 
 struct Args {
     quick: bool,
-    /// Run only this section: `hit`, `insert`, `ratio`, `disk`, `hybrid` or `raw`.
+    /// Run only this section: `hit`, `insert`, `ratio`, `disk`, `hybrid`, `proxy` or `raw`.
     only: Option<String>,
     /// Run only storages whose name contains this.
     storage: Option<String>,
@@ -81,7 +82,7 @@ fn parse_args() -> Result<Args, String> {
             "--storage" => args.storage = Some(it.next().ok_or("--storage needs a name")?),
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
             "-h" | "--help" => {
-                println!("usage: tier-bench [--quick] [--only hit|insert|ratio|disk|hybrid|raw] [--micro] [--storage NAME] [--out DIR]");
+                println!("usage: tier-bench [--quick] [--only hit|insert|ratio|disk|hybrid|proxy|raw] [--micro] [--storage NAME] [--out DIR]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
@@ -228,6 +229,14 @@ fn main() {
             report.push_str(&hybrid_bench::section(&rt, &hybrid_dir, args.quick));
         }
         std::fs::remove_dir_all(&hybrid_dir).ok();
+    }
+
+    if run("proxy") {
+        let proxy_dir = args.out.join("proxy");
+        if std::fs::create_dir_all(&proxy_dir).is_ok() {
+            report.push_str(&proxy_bench::section(&rt, &proxy_dir, args.quick));
+        }
+        std::fs::remove_dir_all(&proxy_dir).ok();
     }
 
     if run("raw") {
