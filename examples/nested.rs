@@ -1,67 +1,85 @@
-//! Shows hybrids nesting: memory over (memory over disk), three tiers as one
-//! `Storage`. The outer hybrid writes back (misses go to the small memory
-//! tier, its evictions are demoted); the inner one writes through to disk.
-//! The disk stands in for a slower shared tier (tier-redis will plug in the
-//! same way).
+//! Shows hybrids nesting: memory over disk over another tier, three tiers as
+//! one `Storage`: `HybridStorage<MemoryStorage, HybridStorage<DiskStorage,
+//! PlainTier<MemCache>>>`. pingora's `MemCache`, wrapped in `PlainTier`,
+//! stands in for a shared remote tier (tier-redis will plug in the same way).
+//! A write reaches all three tiers; after memory and disk lose the entry, it
+//! is served from the third tier and copied back up as it streams.
 //!
 //! Run with `cargo run --example nested` (uses a temporary directory).
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
-use pingora_cache::storage::Storage;
+use pingora_cache::storage::{PurgeTarget, PurgeType, Storage};
 use pingora_cache::trace::Span;
-use pingora_cache::CacheKey;
-use tier_core::Tier;
+use pingora_cache::{CacheKey, MemCache};
+use tier_core::{Capabilities, PlainTier};
 use tier_disk::{DiskConfig, DiskStorage};
-use tier_hybrid::policy::{Policy, Promotion, WritePolicy};
+use tier_hybrid::policy::{Policy, Promotion};
 use tier_hybrid::HybridStorage;
 use tier_memory::{MemoryConfig, MemoryStorage};
 
-fn memory(name: &str, bytes: usize) -> &'static MemoryStorage {
-    Box::leak(Box::new(MemoryStorage::new(
-        MemoryConfig::new(bytes).name(name),
-    )))
-}
+/// The stand-in remote tier. MemCache assigns no entry ids, and its seek and
+/// aborted-write behaviour is not trustworthy, so it declares only `expire`.
+static REMOTE: LazyLock<PlainTier<MemCache>> = LazyLock::new(|| {
+    let mut caps = Capabilities::default();
+    caps.expire = true;
+    PlainTier::new("remote (stand-in)", MemCache::new()).with_capabilities(caps)
+});
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
+    let memory: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(
+        MemoryConfig::new(16 << 20).name("memory"),
+    )));
     let disk = DiskStorage::open(DiskConfig::new(dir.path(), 1 << 30))
         .await?
         .leak();
-    let warm = HybridStorage::new(memory("warm", 8 << 20), disk, Policy::default()).leak();
-    let cache = HybridStorage::new(
-        memory("hot", 1 << 20),
-        warm,
-        Policy::default()
-            .write(WritePolicy::WriteBack)
-            .promotion(Promotion::OnNthHit(2)),
-    )
-    .leak();
+    let always = || Policy::default().promotion(Promotion::Always);
+    let lower = HybridStorage::new(disk, &*REMOTE, always()).leak();
+    let cache = HybridStorage::new(memory, lower, always()).leak();
     let span = Span::inactive().handle();
-    let meta = tier_core::testing::meta_with_header("content-type", "application/octet-stream");
 
-    // 4 MiB of objects through a 1 MiB hot tier: most are demoted.
-    for i in 0..64 {
-        let key = CacheKey::new(format!("example.com/obj/{i}"), "");
-        let mut miss = cache.get_miss_handler(&key, &meta, &span).await?;
-        miss.write_body(Bytes::from(vec![i as u8; 64 << 10]), true)
-            .await?;
-        miss.finish().await?;
+    let key = CacheKey::new("example.com/shared/report.pdf", "");
+    let meta = tier_core::testing::meta_with_header("content-type", "application/pdf");
+    let mut miss = cache.get_miss_handler(&key, &meta, &span).await?;
+    miss.write_body(Bytes::from(vec![b'%'; 256 << 10]), true)
+        .await?;
+    miss.finish().await?;
+    let held = |found: bool| if found { "yes" } else { "no" };
+    println!(
+        "after the write: memory {}, disk {}, remote {}",
+        held(memory.lookup(&key, &span).await?.is_some()),
+        held(disk.lookup(&key, &span).await?.is_some()),
+        held(REMOTE.lookup(&key, &span).await?.is_some()),
+    );
+
+    // Memory and disk lose it (evictions); the remote tier still has it.
+    let compact = key.to_compact();
+    memory
+        .purge(PurgeTarget::Active(&compact), PurgeType::Eviction, &span)
+        .await?;
+    disk.purge(PurgeTarget::Active(&compact), PurgeType::Eviction, &span)
+        .await?;
+
+    let (_, mut hit) = cache
+        .lookup(&key, &span)
+        .await?
+        .ok_or("the remote tier has it")?;
+    let mut read = 0;
+    while let Some(chunk) = hit.read_body().await? {
+        read += chunk.len();
     }
     cache.wait_for_moves().await;
-    warm.wait_for_moves().await;
-
-    let mut found = 0;
-    for i in 0..64 {
-        let key = CacheKey::new(format!("example.com/obj/{i}"), "");
-        if let Some((_, mut hit)) = cache.lookup(&key, &span).await? {
-            while hit.read_body().await?.is_some() {}
-            found += 1;
-        }
-    }
-    println!("found {found} of 64 objects through three tiers");
+    lower.wait_for_moves().await;
+    println!("served {read} bytes from the third tier");
+    println!(
+        "after the hit: memory {}, disk {} (copied back up as it streamed)",
+        held(memory.lookup(&key, &span).await?.is_some()),
+        held(disk.lookup(&key, &span).await?.is_some()),
+    );
     println!("outer: {:?}", cache.hybrid_stats());
-    println!("inner: {:?}", warm.hybrid_stats());
-    println!("disk: {} entries", disk.stats().entries);
+    println!("inner: {:?}", lower.hybrid_stats());
     Ok(())
 }
