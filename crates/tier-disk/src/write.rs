@@ -242,25 +242,45 @@ impl DiskMissHandler {
                 Ok(())
             }
             Err(e) => {
-                self.fail();
+                self.fail_now().await;
                 Err(e)
             }
         }
     }
 
-    /// Give up: readers fail, the temp file goes, the bytes go back.
+    /// Give up: readers fail, the bytes go back, and the temp file is removed
+    /// in the background (for `Drop`, which cannot wait).
     fn fail(&mut self) {
+        let path = self.give_up();
+        Blocking::detach(move || {
+            let _ = std::fs::remove_file(path);
+        });
+    }
+
+    /// Give up as `fail` does, but return only once the temp file is gone,
+    /// so a refused write leaves nothing behind when its error is seen.
+    async fn fail_now(&mut self) {
+        let path = self.give_up();
+        let _ = self
+            .storage
+            .io()
+            .run(move || {
+                let _ = std::fs::remove_file(path);
+                Ok(())
+            })
+            .await;
+    }
+
+    /// The bookkeeping of giving up; returns the temp file to remove.
+    fn give_up(&mut self) -> std::path::PathBuf {
         self.state = State::Failed;
         self.inflight.set(Progress::Aborted);
         self.storage.unregister_write(self.slot, &self.inflight);
         self.storage
             .index()
             .release(std::mem::take(&mut self.reserved));
-        let path = self.inflight.tmp_path.clone();
         self.file = None;
-        Blocking::detach(move || {
-            let _ = std::fs::remove_file(path);
-        });
+        self.inflight.tmp_path.clone()
     }
 
     fn closed(&self) -> Box<Error> {
@@ -283,7 +303,7 @@ impl HandleMiss for DiskMissHandler {
         let new_len = self.body_len + data.len() as u64;
         let limit = self.storage.max_object_bytes();
         if new_len > limit {
-            self.fail();
+            self.fail_now().await;
             self.storage.counters().record_rejection();
             return Err(tier_core::error::object_too_large(
                 self.storage.tier_label(),
@@ -353,7 +373,7 @@ impl HandleMiss for DiskMissHandler {
                 Ok(MissFinishType::Created(file_len as usize))
             }
             Err(e) => {
-                self.fail();
+                self.fail_now().await;
                 Err(e)
             }
         }
