@@ -36,6 +36,7 @@ pub struct DiskConfig {
     pub(crate) durability: Durability,
     pub(crate) io_concurrency: usize,
     pub(crate) name: String,
+    pub(crate) fault_plan: Option<std::sync::Arc<crate::fsio::FaultPlan>>,
 }
 
 impl DiskConfig {
@@ -50,6 +51,7 @@ impl DiskConfig {
             durability: Durability::default(),
             io_concurrency: 64,
             name: "disk".to_string(),
+            fault_plan: None,
         }
     }
 
@@ -83,6 +85,14 @@ impl DiskConfig {
     /// The name in errors, logs and metrics (default `"disk"`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// Test-only: fail file operations and switch off safety mechanisms as
+    /// `plan` says.
+    #[cfg(feature = "fault-injection")]
+    pub fn fault_plan(mut self, plan: std::sync::Arc<crate::fsio::FaultPlan>) -> Self {
+        self.fault_plan = Some(plan);
         self
     }
 

@@ -85,3 +85,143 @@ impl Blocking {
         }
     }
 }
+
+/// The file operations a [`FaultPlan`] can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FsOp {
+    Create,
+    Write,
+    Sync,
+    Rename,
+    Remove,
+}
+
+/// How an injected failure fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+pub enum FaultKind {
+    /// An I/O error (EIO).
+    Eio,
+    /// No space left on the device (ENOSPC).
+    NoSpace,
+    /// A write that stops half-way and then fails.
+    ShortWrite,
+}
+
+/// Test-only switches that disable a safety mechanism, to show the tests
+/// that guard it fail without it (negative controls).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Controls {
+    /// Serve body blocks without checking their checksums.
+    pub skip_checksums: bool,
+    /// Leave the temp file of a failed write in place.
+    pub skip_temp_cleanup: bool,
+}
+
+/// Fails the N-th file operation of the disk tier (feature `fault-injection`).
+///
+/// Counts every create, write, sync, rename and removal the tier makes on
+/// its write, publish, expire, update and purge paths; cleanup of temp files
+/// is never failed, so a failure can be checked for leaks.
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    fail_at: std::sync::atomic::AtomicU64,
+    kind: parking_lot::Mutex<Option<FaultKind>>,
+    seen: std::sync::atomic::AtomicU64,
+    controls: parking_lot::Mutex<Controls>,
+}
+
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+impl FaultPlan {
+    /// A plan that fails nothing (yet).
+    pub fn new() -> Arc<Self> {
+        Arc::new(FaultPlan::default())
+    }
+
+    /// Fail the `n`-th operation from now (1-based) with `kind`; 0 disarms.
+    pub fn fail_at(&self, n: u64, kind: FaultKind) {
+        use std::sync::atomic::Ordering;
+        self.seen.store(0, Ordering::SeqCst);
+        *self.kind.lock() = Some(kind);
+        self.fail_at.store(n, Ordering::SeqCst);
+    }
+
+    /// Operations counted since the last `fail_at`.
+    pub fn operations(&self) -> u64 {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Set the negative-control switches.
+    pub fn set_controls(&self, controls: Controls) {
+        *self.controls.lock() = controls;
+    }
+
+    pub(crate) fn controls(&self) -> Controls {
+        *self.controls.lock()
+    }
+
+    /// Count one operation; fail it if it is the planned one.
+    pub(crate) fn check(&self, _op: FsOp) -> io::Result<Option<FaultKind>> {
+        use std::sync::atomic::Ordering;
+        let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_at.load(Ordering::SeqCst) == n {
+            let kind = *self.kind.lock();
+            return match kind {
+                Some(FaultKind::Eio) => Err(io::Error::from_raw_os_error(libc::EIO)),
+                Some(FaultKind::NoSpace) => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+                Some(FaultKind::ShortWrite) => Ok(Some(FaultKind::ShortWrite)),
+                None => Ok(None),
+            };
+        }
+        Ok(None)
+    }
+}
+
+/// The tier's hook into a [`FaultPlan`]: nothing unless one is set.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Faults(Option<Arc<FaultPlan>>);
+
+impl Faults {
+    pub(crate) fn new(plan: Option<Arc<FaultPlan>>) -> Self {
+        Faults(plan)
+    }
+
+    /// Count (and maybe fail) an operation that is not a write.
+    #[inline]
+    pub(crate) fn check(&self, op: FsOp) -> io::Result<()> {
+        match &self.0 {
+            None => Ok(()),
+            Some(plan) => match plan.check(op)? {
+                Some(FaultKind::ShortWrite) => Err(io::Error::from_raw_os_error(libc::EIO)),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Write `buf` with `write`, unless the plan fails it (a short write
+    /// writes half of `buf` first).
+    #[inline]
+    pub(crate) fn write(
+        &self,
+        buf: &[u8],
+        mut write: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let Some(plan) = &self.0 else {
+            return write(buf);
+        };
+        match plan.check(FsOp::Write)? {
+            Some(FaultKind::ShortWrite) => {
+                write(&buf[..buf.len() / 2])?;
+                Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "injected short write",
+                ))
+            }
+            _ => write(buf),
+        }
+    }
+
+    pub(crate) fn controls(&self) -> Controls {
+        self.0.as_ref().map(|p| p.controls()).unwrap_or_default()
+    }
+}

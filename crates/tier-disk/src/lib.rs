@@ -42,7 +42,8 @@
 //!
 //! # Feature flags
 //!
-//! None.
+//! - `fault-injection` (test-only): `DiskConfig::fault_plan` fails the N-th
+//!   file operation and switches off safety mechanisms for negative controls.
 
 mod config;
 mod entry_file;
@@ -55,6 +56,8 @@ mod storage;
 mod write;
 
 pub use config::{DiskConfig, Durability};
+#[cfg(feature = "fault-injection")]
+pub use fsio::{Controls, FaultKind, FaultPlan};
 pub use read::DiskHitHandler;
 pub use storage::DiskStorage;
 pub use write::DiskMissHandler;

@@ -47,6 +47,7 @@ pub struct DiskStorage {
     writing: Mutex<HashMap<u64, Vec<Arc<Inflight>>>>,
     next_id: AtomicU64,
     io: Blocking,
+    faults: fsio::Faults,
     counters: StatsCounters,
     corrupt: AtomicU64,
     skipped_at_open: u64,
@@ -118,6 +119,7 @@ impl DiskStorage {
             writing: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(found.max_id + 1),
             io: Blocking::new(config.io_concurrency),
+            faults: fsio::Faults::new(config.fault_plan.clone()),
             counters: StatsCounters::new(),
             corrupt: AtomicU64::new(found.corrupt),
             skipped_at_open: found.skipped,
@@ -203,6 +205,10 @@ impl DiskStorage {
         &self.io
     }
 
+    pub(crate) fn faults(&self) -> &fsio::Faults {
+        &self.faults
+    }
+
     pub(crate) fn index(&self) -> &Index {
         &self.index
     }
@@ -246,7 +252,10 @@ impl DiskStorage {
     pub(crate) fn sync_file(&self, file: &File) -> io::Result<()> {
         match self.config.durability {
             Durability::None => Ok(()),
-            Durability::Data | Durability::Full => file.sync_data(),
+            Durability::Data | Durability::Full => {
+                self.faults.check(fsio::FsOp::Sync)?;
+                file.sync_data()
+            }
         }
     }
 
@@ -353,6 +362,7 @@ impl DiskStorage {
         let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut shard = self.index.shard(slot);
         fsio::create_dir_all(&parent)
+            .and_then(|_| self.faults.check(fsio::FsOp::Rename))
             .and_then(|_| std::fs::rename(&inflight.tmp_path, &path))
             .map_err(|e| self.io_error("finish", Some(&inflight.key), "publishing the entry", e))?;
         let seq = self.index.next_seq();
@@ -394,7 +404,11 @@ impl DiskStorage {
             Some(e) if &e.key == key && id.is_none_or(|id| id == e.id) => {}
             _ => return Ok(None),
         }
-        if let Err(e) = std::fs::remove_file(&path) {
+        if let Err(e) = self
+            .faults
+            .check(fsio::FsOp::Remove)
+            .and_then(|_| std::fs::remove_file(&path))
+        {
             if e.kind() != io::ErrorKind::NotFound {
                 return Err(self.io_error("purge", Some(key), "removing the entry file", e));
             }
@@ -478,8 +492,9 @@ impl DiskStorage {
                             block_size: header.fixed.block_size as u64,
                             data_start: header.fixed.data_start(),
                         };
+                        let verify = !self.faults.controls().skip_checksums;
                         let first = (header.fixed.body_len > 0)
-                            .then(|| read_run(&file, layout, 0, header.fixed.body_len).ok())
+                            .then(|| read_run(&file, layout, 0, header.fixed.body_len, verify).ok())
                             .flatten();
                         (file, header, first)
                     }))
@@ -573,11 +588,14 @@ impl DiskStorage {
         self.reserve(new_len)?;
         let tmp = self.tmp_path(self.next_id());
         let copied = (|| -> io::Result<()> {
+            self.faults.check(fsio::FsOp::Create)?;
             let mut out = fsio::create_new(&tmp)?;
-            io::Write::write_all(&mut out, &head)?;
+            self.faults
+                .write(&head, |b| io::Write::write_all(&mut out, b))?;
             let mut src = io::Read::take(&old, 0);
             std::io::Seek::seek(&mut &old, io::SeekFrom::Start(header.fixed.data_start()))?;
             src.set_limit(body_bytes);
+            self.faults.check(fsio::FsOp::Write)?;
             let n = io::copy(&mut src, &mut out)?;
             if n != body_bytes {
                 return Err(io::Error::new(
@@ -587,8 +605,11 @@ impl DiskStorage {
             }
             self.sync_file(&out)
         })();
+        let skip_cleanup = self.faults.controls().skip_temp_cleanup;
         let cleanup = |e: Box<Error>| {
-            let _ = std::fs::remove_file(&tmp);
+            if !skip_cleanup {
+                let _ = std::fs::remove_file(&tmp);
+            }
             self.index.release(new_len);
             Err(e)
         };
@@ -603,7 +624,11 @@ impl DiskStorage {
             self.index.release(new_len);
             return Ok(false);
         }
-        if let Err(e) = std::fs::rename(&tmp, &path) {
+        if let Err(e) = self
+            .faults
+            .check(fsio::FsOp::Rename)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+        {
             drop(shard);
             return cleanup(self.io_error("update_meta", Some(key), "publishing the new meta", e));
         }

@@ -137,10 +137,14 @@ impl DiskMissHandler {
             .io()
             .run(move || {
                 storage.reserve(head_len)?;
-                let written = crate::fsio::create_new(&path).and_then(|mut file| {
-                    file.write_all(&head)?;
-                    Ok(file)
-                });
+                let faults = storage.faults();
+                let written = faults
+                    .check(crate::fsio::FsOp::Create)
+                    .and_then(|_| crate::fsio::create_new(&path))
+                    .and_then(|mut file| {
+                        faults.write(&head, |b| file.write_all(b))?;
+                        Ok(file)
+                    });
                 written.map_err(|e| {
                     storage.index().release(head_len);
                     let _ = std::fs::remove_file(&path);
@@ -211,12 +215,14 @@ impl DiskMissHandler {
                     out.extend_from_slice(
                         &block_crc(id, first_index + i as u64, block).to_le_bytes(),
                     );
-                    if let Err(e) = file.write_all(&out) {
+                    if let Err(e) = storage.faults().write(&out, |b| file.write_all(b)) {
                         storage.index().release(charge);
                         // Remove the temp file before the error is seen, so
                         // a full disk gets its space back at once.
                         drop(file);
-                        let _ = std::fs::remove_file(&tmp_path);
+                        if !storage.faults().controls().skip_temp_cleanup {
+                            let _ = std::fs::remove_file(&tmp_path);
+                        }
                         return Err(storage.io_error(
                             "write_body",
                             Some(&key),
@@ -252,6 +258,9 @@ impl DiskMissHandler {
     /// in the background (for `Drop`, which cannot wait).
     fn fail(&mut self) {
         let path = self.give_up();
+        if self.storage.faults().controls().skip_temp_cleanup {
+            return;
+        }
         Blocking::detach(move || {
             let _ = std::fs::remove_file(path);
         });
@@ -261,6 +270,9 @@ impl DiskMissHandler {
     /// so a refused write leaves nothing behind when its error is seen.
     async fn fail_now(&mut self) {
         let path = self.give_up();
+        if self.storage.faults().controls().skip_temp_cleanup {
+            return;
+        }
         let _ = self
             .storage
             .io()
@@ -354,7 +366,9 @@ impl HandleMiss for DiskMissHandler {
                     &inflight.internal,
                     &inflight.header,
                 );
-                file.write_all_at(&head, 0)
+                storage
+                    .faults()
+                    .write(&head, |b| file.write_all_at(b, 0))
                     .and_then(|_| storage.sync_file(&file))
                     .map_err(|e| {
                         storage.io_error("finish", Some(&inflight.key), "sealing the entry", e)

@@ -576,3 +576,45 @@ async fn a_failing_cold_tier_is_a_miss_not_an_outage() {
     let stats = hybrid.hybrid_stats();
     assert!(stats.errors >= 2 && stats.misses == 1, "{stats:?}");
 }
+
+/// The disk tier failing its file operations (EIO on every write path, by
+/// tier-disk's test-only fault plan): the hybrid still takes writes into
+/// memory and serves them, and counts the errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hybrid_keeps_serving_while_its_disk_fails() {
+    use tier_disk::{FaultKind, FaultPlan};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = FaultPlan::new();
+    let disk = DiskStorage::open(DiskConfig::new(dir.path(), 64 << 20).fault_plan(plan.clone()))
+        .await
+        .expect("open")
+        .leak();
+    let memory: &'static MemoryStorage =
+        Box::leak(Box::new(MemoryStorage::new(MemoryConfig::new(8 << 20))));
+    let hybrid = HybridStorage::new(memory, disk, always()).leak();
+    for (n, name) in [
+        (1, "disk-fails-op-1"),
+        (2, "disk-fails-op-2"),
+        (3, "disk-fails-op-3"),
+    ] {
+        plan.fail_at(n, FaultKind::Eio);
+        put(hybrid, name, &[b"served from memory"]).await;
+        assert_eq!(
+            get(hybrid, name).await.as_deref(),
+            Some(&b"served from memory"[..]),
+            "{name}"
+        );
+    }
+    plan.fail_at(0, FaultKind::Eio);
+    assert!(
+        hybrid.hybrid_stats().errors >= 3,
+        "{:?}",
+        hybrid.hybrid_stats()
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
+}
