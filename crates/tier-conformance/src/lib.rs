@@ -28,6 +28,7 @@
 //! hangs is reported as a failure of that check, and the others still run.
 
 mod checks;
+pub mod crash;
 pub mod model;
 mod support;
 

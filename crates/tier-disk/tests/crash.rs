@@ -5,8 +5,6 @@
 //!
 //! The child is this same test binary, run with `TIER_DISK_CRASH_CHILD` set.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -96,50 +94,28 @@ async fn killed_writers_leave_every_entry_complete_or_absent() {
         12
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let exe = std::env::current_exe().expect("test binary");
     let span = Span::inactive().handle();
     let (mut checked, mut present, mut corrupt_served) = (0u32, 0u32, 0u32);
     let mut next_gen = 0u32;
     for run in 0..runs {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_child_writes_until_killed",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .env("TIER_DISK_CRASH_GEN", next_gen.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().expect("stdout");
         // Let the child finish a varying number of writes, then kill it
         // wherever it is.
-        let wait_for = 3 + (run * 7) % 23;
+        let env = [
+            (CHILD_ENV, dir.path().display().to_string()),
+            ("TIER_DISK_CRASH_GEN", next_gen.to_string()),
+        ];
+        let wait_for = 3 + (run as usize * 7) % 23;
+        let then = Duration::from_micros(u64::from(run) * 397 % 3000);
         let lines = tokio::task::spawn_blocking(move || {
-            let mut finished = Vec::new();
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let parts: Vec<u32> = line
-                    .split_whitespace()
-                    .skip(1)
-                    .filter_map(|p| p.parse().ok())
-                    .collect();
-                if let [key, gen] = parts[..] {
-                    finished.push((key, gen));
-                    if finished.len() as u32 >= wait_for {
-                        break;
-                    }
-                }
-            }
-            finished
+            tier_conformance::crash::kill_child(
+                "crash_child_writes_until_killed",
+                &env,
+                wait_for,
+                then,
+            )
         })
         .await
-        .expect("reader");
-        tokio::time::sleep(Duration::from_micros(u64::from(run) * 397 % 3000)).await;
-        child.kill().expect("kill");
-        let _ = child.wait();
+        .expect("kill the child");
         next_gen = lines.iter().map(|(_, g)| g + 1).max().unwrap_or(next_gen) + KEYS * 5;
 
         let disk = DiskStorage::open(config(dir.path()))
@@ -186,7 +162,7 @@ async fn killed_writers_leave_every_entry_complete_or_absent() {
             present += 1;
         }
     }
-    println!("crash points run: {runs}, entries checked: {checked}, present: {present}, corrupt bodies served: {corrupt_served}");
+    println!("RESULT crash disk: {runs} crash points, {checked} entries checked, {present} present, {corrupt_served} corrupt bodies served");
     assert_eq!(corrupt_served, 0);
     assert!(
         present > 0,

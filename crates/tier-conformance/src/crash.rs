@@ -1,0 +1,51 @@
+//! Crash points: run a test of the calling test binary as a child process
+//! that writes and reports what it finished, kill it with SIGKILL at a
+//! chosen moment, and hand back what it had reported.
+//!
+//! The child is an ordinary `#[test]` that does nothing unless the
+//! environment variable the parent sets is present; it prints one line
+//! `finished KEY GEN` for every write whose `finish` returned.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Run `child_test` of this test binary with `env`, wait until it reported
+/// `after_lines` finished writes (or ended), wait `then` more, kill it with
+/// SIGKILL, and return the `(key, generation)` pairs it reported.
+pub fn kill_child(
+    child_test: &str,
+    env: &[(&str, String)],
+    after_lines: usize,
+    then: Duration,
+) -> Vec<(u32, u32)> {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut command = Command::new(exe);
+    command
+        .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("spawn the child");
+    let stdout = child.stdout.take().expect("the child's stdout");
+    let mut finished = Vec::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("finished") {
+            continue;
+        }
+        let parts: Vec<u32> = words.filter_map(|p| p.parse().ok()).collect();
+        if let [key, gen] = parts[..] {
+            finished.push((key, gen));
+            if finished.len() >= after_lines {
+                break;
+            }
+        }
+    }
+    std::thread::sleep(then);
+    let _ = child.kill();
+    let _ = child.wait();
+    finished
+}
