@@ -248,6 +248,32 @@ async fn eviction_purge_leaves_the_cold_copy() {
     );
 }
 
+/// Found by the model-based test: once the hot copy is evicted, a second
+/// eviction finds nothing to evict in the hot tier and says so, and the cold
+/// copy stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_eviction_leaves_the_cold_copy_and_reports_not_found() {
+    let f = fixture(Policy::default().promotion(Promotion::Never)).await;
+    put(f.hybrid, "twice", &[b"still cold"]).await;
+    let compact = key("twice").to_compact();
+    let first = f
+        .hybrid
+        .purge(PurgeTarget::Active(&compact), PurgeType::Eviction, &span())
+        .await
+        .expect("purge");
+    let second = f
+        .hybrid
+        .purge(PurgeTarget::Active(&compact), PurgeType::Eviction, &span())
+        .await
+        .expect("purge");
+    assert!(matches!(first, PurgeOutcome::Purged(_)));
+    assert_eq!(second, PurgeOutcome::NotFound);
+    assert_eq!(
+        get(f.hybrid, "twice").await.as_deref(),
+        Some(&b"still cold"[..])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hit_after_eviction_comes_from_cold_and_is_promoted_again() {
     let f = fixture(always()).await;

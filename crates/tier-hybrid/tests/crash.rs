@@ -87,9 +87,9 @@ fn crash_child_writes_back_until_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_write_back_hybrids_leave_disk_entries_complete_or_absent() {
     let runs: u32 = if std::env::var("TIER_SOAK").is_ok() {
-        200
+        400
     } else {
-        10
+        100
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let span = Span::inactive().handle();
