@@ -116,6 +116,9 @@ pub struct Controls {
     pub skip_checksums: bool,
     /// Leave the temp file of a failed write in place.
     pub skip_temp_cleanup: bool,
+    /// Write an entry straight into its own file instead of a temp file
+    /// renamed over it.
+    pub publish_in_place: bool,
 }
 
 /// Fails the N-th file operation of the disk tier (feature `fault-injection`).

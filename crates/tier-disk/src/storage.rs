@@ -229,7 +229,7 @@ impl DiskStorage {
         self.tmp_dir.join(format!("{id}.tmp"))
     }
 
-    fn entry_path(&self, key: &CompactCacheKey) -> PathBuf {
+    pub(crate) fn entry_path(&self, key: &CompactCacheKey) -> PathBuf {
         self.config.dir.join(entry_relative_path(key))
     }
 

@@ -129,7 +129,14 @@ impl DiskMissHandler {
     ) -> Result<Self> {
         let id = storage.next_id();
         let block_size = storage.config().block_size;
-        let tmp_path = storage.tmp_path(id);
+        // The negative control "publish in place" writes straight over the
+        // entry's own file, which is exactly what temp + rename prevents.
+        let in_place = storage.faults().controls().publish_in_place;
+        let tmp_path = if in_place {
+            storage.entry_path(&key)
+        } else {
+            storage.tmp_path(id)
+        };
         let head = encode_header(&key, id, block_size, 0, &internal, &header);
         let head_len = head.len() as u64;
         let path = tmp_path.clone();
@@ -138,9 +145,19 @@ impl DiskMissHandler {
             .run(move || {
                 storage.reserve(head_len)?;
                 let faults = storage.faults();
+                let create = |path: &std::path::Path| {
+                    if in_place {
+                        if let Some(parent) = path.parent() {
+                            crate::fsio::create_dir_all(parent)?;
+                        }
+                        std::fs::File::create(path)
+                    } else {
+                        crate::fsio::create_new(path)
+                    }
+                };
                 let written = faults
                     .check(crate::fsio::FsOp::Create)
-                    .and_then(|_| crate::fsio::create_new(&path))
+                    .and_then(|_| create(&path))
                     .and_then(|mut file| {
                         faults.write(&head, |b| file.write_all(b))?;
                         Ok(file)

@@ -266,7 +266,38 @@ async fn negative_controls_show_the_checks_have_teeth() {
     );
     println!("RESULT control skip_temp_cleanup: temp file left (the leak check would fail)");
 
-    // And with both mechanisms on, the same situations pass.
+    // 3. Publishing in place instead of temp + rename: a rewrite that is
+    //    dropped half-way destroys the entry it was replacing, so the
+    //    contract check for exactly that fails.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = FaultPlan::new();
+    plan.set_controls(Controls {
+        publish_in_place: true,
+        ..Controls::default()
+    });
+    let disk = DiskStorage::open(config(dir.path(), Some(plan.clone())))
+        .await
+        .expect("open")
+        .leak();
+    let check = tier_conformance::dropped_rewrite_keeps_previous_entry(disk).await;
+    assert!(
+        check.is_err(),
+        "control 3: publishing in place kept the old entry through a dropped rewrite"
+    );
+    println!(
+        "RESULT control publish_in_place: dropped_rewrite_keeps_previous_entry fails ({})",
+        check.err().unwrap_or_default()
+    );
+
+    // And with every mechanism on, the same situations pass.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = DiskStorage::open(config(dir.path(), None))
+        .await
+        .expect("open")
+        .leak();
+    tier_conformance::dropped_rewrite_keeps_previous_entry(disk)
+        .await
+        .expect("with temp + rename");
     let dir = tempfile::tempdir().expect("tempdir");
     let plan = FaultPlan::new();
     let disk = DiskStorage::open(config(dir.path(), Some(plan.clone())))
