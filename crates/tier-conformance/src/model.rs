@@ -35,6 +35,9 @@ pub enum Op {
     Write { key: u8, len: u16, chunks: u8 },
     /// Write part of an entry and drop the writer.
     Abort { key: u8, len: u16 },
+    /// Two writers of one key, interleaved chunk by chunk, both finished:
+    /// the entry must be exactly one of the two afterwards.
+    Concurrent { key: u8, len_a: u16, len_b: u16 },
     /// Look up and read the whole body.
     Lookup { key: u8 },
     /// Look up and read a range.
@@ -53,12 +56,12 @@ pub enum Op {
     Reopen,
 }
 
-fn op(reopen: bool) -> impl Strategy<Value = Op> {
+fn op(reopen: bool) -> BoxedStrategy<Op> {
     let key = 0u8..10;
-    let reopen_weight = if reopen { 1 } else { 0 };
-    prop_oneof![
+    let ops = prop_oneof![
         5 => (key.clone(), 0u16..40_000, 1u8..5).prop_map(|(key, len, chunks)| Op::Write { key, len, chunks }),
         1 => (key.clone(), 1u16..20_000).prop_map(|(key, len)| Op::Abort { key, len }),
+        1 => (key.clone(), 0u16..20_000, 0u16..20_000).prop_map(|(key, len_a, len_b)| Op::Concurrent { key, len_a, len_b }),
         4 => key.clone().prop_map(|key| Op::Lookup { key }),
         2 => (key.clone(), any::<u16>(), 1u16..5000).prop_map(|(key, start, len)| Op::Range { key, start, len }),
         1 => key.clone().prop_map(|key| Op::Purge { key }),
@@ -66,8 +69,12 @@ fn op(reopen: bool) -> impl Strategy<Value = Op> {
         1 => key.clone().prop_map(|key| Op::Evict { key }),
         1 => key.clone().prop_map(|key| Op::Expire { key }),
         1 => key.prop_map(|key| Op::UpdateMeta { key }),
-        reopen_weight => Just(Op::Reopen),
-    ]
+    ];
+    if reopen {
+        prop_oneof![18 => ops, 1 => Just(Op::Reopen)].boxed()
+    } else {
+        ops.boxed()
+    }
 }
 
 /// Makes a fresh storage (or reopens the last one).
@@ -216,6 +223,82 @@ async fn sequence(setup: &ModelSetup, ops: &[Op]) -> Result<u64, TestCaseError> 
                     .write_body(Bytes::from(body(*k, *len, step)), false)
                     .await;
                 drop(miss);
+            }
+            Op::Concurrent {
+                key: k,
+                len_a,
+                len_b,
+            } => {
+                let (marker_a, marker_b) = (format!("a{step}"), format!("b{step}"));
+                let (data_a, data_b) = (body(*k, *len_a, step), body(*k, *len_b, step + 1));
+                let mut a = storage
+                    .get_miss_handler(&key(*k), &meta(&marker_a), &s)
+                    .await
+                    .map_err(|e| fail(step, op, e))?;
+                let mut b = storage
+                    .get_miss_handler(&key(*k), &meta(&marker_b), &s)
+                    .await
+                    .map_err(|e| fail(step, op, e))?;
+                let (id_a, id_b) = (a.entry_id(), b.entry_id());
+                let (mut ca, mut cb) = (data_a.chunks(3000), data_b.chunks(3000));
+                loop {
+                    let (na, nb) = (ca.next(), cb.next());
+                    if na.is_none() && nb.is_none() {
+                        break;
+                    }
+                    if let Some(chunk) = na {
+                        a.write_body(Bytes::copy_from_slice(chunk), false)
+                            .await
+                            .map_err(|e| fail(step, op, e))?;
+                    }
+                    if let Some(chunk) = nb {
+                        b.write_body(Bytes::copy_from_slice(chunk), false)
+                            .await
+                            .map_err(|e| fail(step, op, e))?;
+                    }
+                }
+                let finished_a = a.finish().await.is_ok();
+                let finished_b = b.finish().await.is_ok();
+                if !finished_a && !finished_b {
+                    return Err(fail(step, op, "both concurrent writers failed"));
+                }
+                if let Some(settle) = &setup.settle {
+                    settle(storage).await;
+                }
+                let Some((m, mut hit)) = storage
+                    .lookup(&key(*k), &s)
+                    .await
+                    .map_err(|e| fail(step, op, e))?
+                else {
+                    return Err(fail(step, op, "no entry after two finished writes"));
+                };
+                let got = read(&mut hit).await.map_err(|e| fail(step, op, e))?;
+                let winner = marker(&m);
+                let expected = if winner == marker_a && got == data_a {
+                    Expected {
+                        body: data_a,
+                        marker: marker_a,
+                        stale: false,
+                        id: id_a,
+                    }
+                } else if winner == marker_b && got == data_b {
+                    Expected {
+                        body: data_b,
+                        marker: marker_b,
+                        stale: false,
+                        id: id_b,
+                    }
+                } else {
+                    return Err(fail(
+                        step,
+                        op,
+                        format!(
+                            "the entry mixes the writers: meta {winner:?}, {} bytes",
+                            got.len()
+                        ),
+                    ));
+                };
+                model.insert(*k, expected);
             }
             Op::Lookup { key: k } => {
                 let found = storage

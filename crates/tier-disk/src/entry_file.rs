@@ -75,3 +75,37 @@ pub(crate) fn header_meta(header: &Header) -> Result<CacheMeta, ReadError> {
     CacheMeta::deserialize(&header.internal, &header.header)
         .map_err(|_| ReadError::Format(FormatError::Corrupt("meta does not decode")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{decode_fixed, Fixed};
+    use proptest::prelude::*;
+
+    fn header_with(internal: Vec<u8>, header: Vec<u8>) -> Header {
+        let mut fixed_bytes = [0u8; FIXED_LEN];
+        fixed_bytes[0..8].copy_from_slice(&crate::format::MAGIC);
+        fixed_bytes[8..12].copy_from_slice(&crate::format::VERSION.to_le_bytes());
+        fixed_bytes[12..16].copy_from_slice(&4096u32.to_le_bytes());
+        fixed_bytes[32..36].copy_from_slice(&17u32.to_le_bytes());
+        let fixed: Fixed = decode_fixed(&fixed_bytes).expect("a valid fixed part");
+        Header {
+            fixed,
+            key: pingora_cache::key::CompactCacheKey::default(),
+            internal,
+            header,
+        }
+    }
+
+    proptest! {
+        /// pingora's meta decoder, fed arbitrary bytes through ours, never
+        /// panics: it decodes or it is an error.
+        #[test]
+        fn arbitrary_meta_bytes_never_panic(
+            internal in proptest::collection::vec(any::<u8>(), 0..256),
+            header in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let _ = header_meta(&header_with(internal, header));
+        }
+    }
+}
