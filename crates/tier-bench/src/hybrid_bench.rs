@@ -37,7 +37,7 @@ pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
         out,
         "### Hybrid: memory (10% of the data) over disk, Zipf 1.0 with 10% one-time keys\n\n\
          {n_keys} keys of 16 KiB ({} MiB), {n_ops} requests on one task; a miss inserts. \
-         Disk bytes from /proc/self/io. foyer's hybrid cache is not yet a peer of this run.\n\n\
+         Disk bytes from /proc/self/io. foyer's hybrid cache runs the same trace with the same byte budgets.\n\n\
          | policy | hit ratio | hot hits | cold hits | promotions | demotions | disk bytes written / byte admitted | ops/s |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|",
         data >> 20
@@ -113,6 +113,43 @@ pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
                 out,
                 "\n**{corrupt} hits served a wrong body under {label}.**\n"
             );
+        }
+    }
+    #[cfg(feature = "peers")]
+    for (label, policy) in [
+        (
+            "foyer, write on insertion",
+            foyer::HybridCachePolicy::WriteOnInsertion,
+        ),
+        (
+            "foyer, write on eviction",
+            foyer::HybridCachePolicy::WriteOnEviction,
+        ),
+    ] {
+        let Ok(foyer_dir) = tempfile::tempdir_in(dir) else {
+            continue;
+        };
+        let started = Instant::now();
+        let ratio = rt.block_on(crate::foyer_peer::hit_ratio(
+            foyer_dir.path(),
+            &trace.keys,
+            &workload,
+            data / 10,
+            data * 2,
+            policy,
+        ));
+        match ratio {
+            Ok(ratio) => {
+                let _ = writeln!(
+                    out,
+                    "| {label} | {:.2}% | - | - | - | - | - | {:.0} |",
+                    ratio * 100.0,
+                    n_ops as f64 / started.elapsed().as_secs_f64().max(1e-9)
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "| {label} | not measured: {e} | | | | | | |");
+            }
         }
     }
     out.push('\n');

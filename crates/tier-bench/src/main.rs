@@ -13,6 +13,8 @@
 
 mod disk_bench;
 mod disk_raw;
+#[cfg(feature = "peers")]
+mod foyer_peer;
 mod hit_ratio;
 mod hybrid_bench;
 mod micro;
