@@ -49,3 +49,57 @@ pub fn kill_child(
     let _ = child.wait();
     finished
 }
+
+/// What a storage held after a crash, for keys `crash/0..n`.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Entries found.
+    pub present: u32,
+    /// Entries whose body was not the one their `x-gen` header names.
+    pub corrupt: u32,
+    /// The generation each found key holds.
+    pub generations: std::collections::HashMap<u32, u32>,
+}
+
+/// Look up `crash/{k}` for every `k < keys` in `storage`, read each found
+/// entry whole, and compare it with `body(k, gen)` for the generation its
+/// `x-gen` header names. A read that fails mid-body is a test failure: after
+/// a crash an entry is complete or absent.
+pub async fn check_entries(
+    storage: crate::DynStorage,
+    keys: u32,
+    body: fn(u32, u32) -> Vec<u8>,
+) -> Found {
+    let span = crate::support::span();
+    let mut found = Found::default();
+    for k in 0..keys {
+        let key = pingora_cache::CacheKey::new(format!("crash/{k}"), "");
+        let Some((meta, mut hit)) = storage
+            .lookup(&key, &span)
+            .await
+            .expect("lookup after a crash")
+        else {
+            continue;
+        };
+        let gen: u32 = meta
+            .headers()
+            .get("x-gen")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("every crash-test entry has an x-gen header");
+        let mut got = Vec::new();
+        while let Some(chunk) = hit
+            .read_body()
+            .await
+            .expect("an entry found after a crash reads cleanly")
+        {
+            got.extend_from_slice(&chunk);
+        }
+        found.present += 1;
+        if got != body(k, gen) {
+            found.corrupt += 1;
+        }
+        found.generations.insert(k, gen);
+    }
+    found
+}

@@ -92,7 +92,6 @@ async fn killed_write_back_hybrids_leave_disk_entries_complete_or_absent() {
         100
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let span = Span::inactive().handle();
     let (mut checked, mut present, mut corrupt) = (0u32, 0u32, 0u32);
     let mut next_gen = 0u32;
     for run in 0..runs {
@@ -117,27 +116,10 @@ async fn killed_write_back_hybrids_leave_disk_entries_complete_or_absent() {
             .await
             .expect("reopen")
             .leak();
-        for k in 0..KEYS {
-            checked += 1;
-            let key = CacheKey::new(format!("crash/{k}"), "");
-            let Some((meta, mut hit)) = disk.lookup(&key, &span).await.expect("lookup") else {
-                continue;
-            };
-            let gen: u32 = meta
-                .headers()
-                .get("x-gen")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .expect("x-gen header");
-            let mut got = Vec::new();
-            while let Some(chunk) = hit.read_body().await.expect("a found entry reads cleanly") {
-                got.extend_from_slice(&chunk);
-            }
-            present += 1;
-            if got != body(k, gen) {
-                corrupt += 1;
-            }
-        }
+        let found = tier_conformance::crash::check_entries(disk, KEYS, body).await;
+        checked += KEYS;
+        present += found.present;
+        corrupt += found.corrupt;
     }
     println!("RESULT crash write-back hybrid: {runs} crash points, {checked} entries checked, {present} present on disk, {corrupt} corrupt bodies served");
     assert_eq!(corrupt, 0);
