@@ -34,6 +34,19 @@ pub struct Measurement {
 }
 
 impl Measurement {
+    /// Nothing measured yet.
+    pub fn empty() -> Self {
+        Measurement {
+            ops: 0,
+            bytes: 0,
+            misses: 0,
+            corrupt: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latency_ns: new_histogram(),
+        }
+    }
+
     /// Operations per second.
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -136,15 +149,7 @@ pub fn run_trace(
             rt.spawn(async move {
                 let meta = bench_meta();
                 let span = Span::inactive().handle();
-                let mut m = Measurement {
-                    ops: 0,
-                    bytes: 0,
-                    misses: 0,
-                    corrupt: 0,
-                    errors: 0,
-                    elapsed: Duration::ZERO,
-                    latency_ns: new_histogram(),
-                };
+                let mut m = Measurement::empty();
                 let lo = (t * per_task).min(trace.len());
                 let hi = ((t + 1) * per_task).min(trace.len());
                 for (i, &idx) in trace[lo..hi].iter().enumerate() {
@@ -179,15 +184,7 @@ pub fn run_trace(
             })
         })
         .collect();
-    let mut total = Measurement {
-        ops: 0,
-        bytes: 0,
-        misses: 0,
-        corrupt: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latency_ns: new_histogram(),
-    };
+    let mut total = Measurement::empty();
     for handle in handles {
         let m = rt.block_on(handle).expect("benchmark task does not panic");
         total.ops += m.ops;
