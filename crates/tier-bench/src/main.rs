@@ -158,20 +158,19 @@ fn main() {
             Op::ReadWithWrites { every: 10 },
         ),
     ];
-    for (title, op) in scenarios.into_iter().filter(|_| run("hit")) {
+    // 1 and 2 client tasks per runtime worker.
+    let runs = scenarios
+        .into_iter()
+        .flat_map(|(title, op)| [(title, op, TASKS / 2), (title, op, TASKS)]);
+    for (title, op, tasks) in runs.filter(|_| run("hit")) {
         let mut rows = Vec::new();
         for (name, storage) in memory_storages(scale, args.storage.as_deref()) {
-            populate(&rt, storage, &hot, TASKS);
-            let m = run_trace(&rt, storage, &hot, trace.clone(), TASKS, op);
+            populate(&rt, storage, &hot, tasks);
+            let m = run_trace(&rt, storage, &hot, trace.clone(), tasks, op);
             rows.push(Row { storage: name, m });
         }
-        report.push_str(
-            &Table {
-                title: title.into(),
-                rows,
-            }
-            .markdown(),
-        );
+        let title = format!("{title}, {tasks} client tasks");
+        report.push_str(&Table { title, rows }.markdown());
         report.push('\n');
     }
 
@@ -263,7 +262,8 @@ fn main() {
 }
 
 /// Hit ratio of the memory tier against LRU and TinyUFO at 1% and 10% of the
-/// data, on Zipf 0.8/1.0/1.2 and a 30% one-time-key mix.
+/// data on Zipf 0.8/1.2 and a 30% one-time-key mix, and from 0.5% to 25% on
+/// Zipf 1.0. The bodies are all 4 KiB, so byte hit ratio equals hit ratio.
 fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale) -> String {
     use std::fmt::Write as _;
     let body_len = 4096;
@@ -288,19 +288,26 @@ fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale) -> String {
         "| trace | capacity | tier-memory | LRU | TinyUFO | tier-memory − LRU | tier-memory − TinyUFO |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
-    for trace in &traces {
-        for percent in [1usize, 10] {
-            // Capacity as a share of the data, counted in the tier's charges.
-            let (_, charge) = hit_ratio::memory_tier(
-                rt,
-                &hit_ratio::Trace {
-                    label: String::new(),
-                    keys: std::sync::Arc::new(vec![0]),
-                },
-                64 << 20,
-                body_len,
-            );
-            let capacity = n_keys as usize * charge * percent / 100;
+    // One entry's charge, so capacities count what the tier really holds.
+    let (_, charge) = hit_ratio::memory_tier(
+        rt,
+        &hit_ratio::Trace {
+            label: String::new(),
+            keys: std::sync::Arc::new(vec![0]),
+        },
+        64 << 20,
+        body_len,
+    );
+    for (t, trace) in traces.iter().enumerate() {
+        // Zipf 1.0 is swept from 0.5% to 25% of the data; the others at
+        // 1% and 10%. Sizes in per-mille.
+        let sizes: &[usize] = if t == 1 {
+            &[5, 10, 20, 50, 100, 250]
+        } else {
+            &[10, 100]
+        };
+        for &per_mille in sizes {
+            let capacity = n_keys as usize * charge * per_mille / 1000;
             let (ours, _) = hit_ratio::memory_tier(rt, trace, capacity, body_len);
             let (lru, ufo) = reference_ratios(trace, capacity, charge);
             let fmt = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0));
@@ -309,8 +316,9 @@ fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {percent}% | {:.2}% | {} | {} | {} | {} |",
+                "| {} | {}% | {:.2}% | {} | {} | {} | {} |",
                 trace.label,
+                per_mille as f64 / 10.0,
                 ours * 100.0,
                 fmt(lru),
                 fmt(ufo),

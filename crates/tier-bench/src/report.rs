@@ -33,22 +33,23 @@ impl Table {
         let _ = writeln!(out, "### {}\n", self.title);
         let _ = writeln!(
             out,
-            "| storage | ops/s | MiB/s | p50 µs | p99 µs | misses | corrupt | errors | ops/s ratio vs {} |",
+            "| storage | ops/s | MiB/s | p50 µs | p99 µs | p999 µs | misses | corrupt | errors | ops/s ratio vs {} |",
             self.rows.first().map_or("-", |r| r.storage.as_str())
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let base = self.rows.first().map(|r| r.m.ops_per_sec());
         for row in &self.rows {
             let m = &row.m;
             let ratio = base.map_or(1.0, |b| m.ops_per_sec() / b.max(1e-9));
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.2}× |",
+                "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.2}× |",
                 row.storage,
                 m.ops_per_sec(),
                 m.mib_per_sec(),
                 m.latency_us(0.50),
                 m.latency_us(0.99),
+                m.latency_us(0.999),
                 m.misses,
                 m.corrupt,
                 m.errors,
