@@ -133,7 +133,7 @@ fn main() {
     let started = Instant::now();
     let rt = runtime();
     let mut report = format!(
-        "# tiers benchmark ({})\n\n{} keys, {} operations per scenario, 2 runtime workers, {TASKS} client tasks. \
+        "# tiers benchmark ({})\n\n{} keys, {} operations per scenario, 2 runtime workers, {TASKS} client tasks unless a table says otherwise. \
          Ratios divide by the first row of each table, measured in the same run.\n\n",
         if args.quick { "quick" } else { "full" },
         scale.n_keys,
