@@ -42,6 +42,32 @@ pub fn zipf_trace(n_keys: u64, alpha: f64, n_ops: usize, seed: u64) -> Trace {
     }
 }
 
+/// Zipf 1.0 whose popular keys change halfway: the second half ranks the
+/// keys in another order, so what was hot goes cold and the cache must adapt.
+pub fn shift_trace(n_keys: u64, n_ops: usize, seed: u64) -> Trace {
+    let base = zipf_trace(n_keys, 1.0, n_ops, seed);
+    let half = n_ops / 2;
+    // A fixed permutation of ranks: multiplying by a constant coprime to
+    // n_keys (odd and not a multiple of 5, so coprime to the bench's powers
+    // of ten) is a bijection modulo n_keys, and so is the added offset.
+    let keys = base
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| {
+            if i < half {
+                k
+            } else {
+                (k * 0x9e37_79b9 + n_keys / 2) % n_keys
+            }
+        })
+        .collect();
+    Trace {
+        label: "Zipf 1.0, popularity shift halfway".into(),
+        keys: Arc::new(keys),
+    }
+}
+
 /// Zipf 1.0, except `one_time_share` of requests go to keys never seen again.
 pub fn scan_mix_trace(n_keys: u64, one_time_share: f64, n_ops: usize, seed: u64) -> Trace {
     let base = zipf_trace(n_keys, 1.0, n_ops, seed);

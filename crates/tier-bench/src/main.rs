@@ -274,6 +274,7 @@ fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale) -> String {
         hit_ratio::zipf_trace(n_keys, 1.0, n_ops, 12),
         hit_ratio::zipf_trace(n_keys, 1.2, n_ops, 13),
         hit_ratio::scan_mix_trace(n_keys, 0.3, n_ops, 14),
+        hit_ratio::shift_trace(n_keys, n_ops, 15),
     ];
     let mut out = String::new();
     let _ = writeln!(
