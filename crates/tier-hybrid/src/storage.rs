@@ -208,13 +208,9 @@ fn exact_target(target: PurgeTarget<'_>) -> Option<(CacheEntryKey, TierBit)> {
 
 fn content_length(meta: &CacheMeta) -> Option<u64> {
     meta.headers()
-        .get(http_content_length())
+        .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-}
-
-fn http_content_length() -> &'static str {
-    "content-length"
 }
 
 /// Combine two tiers' purge outcomes into the hybrid's.
