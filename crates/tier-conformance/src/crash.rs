@@ -50,6 +50,63 @@ pub fn kill_child(
     finished
 }
 
+/// A sequence of crash points against one child test and one cache
+/// directory. Each child starts at a generation no earlier child used, so
+/// every body a test finds names the write that produced it.
+#[derive(Debug)]
+pub struct KillPoints {
+    child_test: &'static str,
+    dir_env: &'static str,
+    gen_env: &'static str,
+    dir: String,
+    next_gen: u32,
+    gen_gap: u32,
+}
+
+impl KillPoints {
+    /// Kill points for `child_test`, which finds its cache directory in
+    /// `dir_env` and its first generation in `gen_env`. `gen_gap` is added
+    /// after each child's last reported generation, to cover writes it made
+    /// but did not get to report.
+    pub fn new(
+        child_test: &'static str,
+        dir_env: &'static str,
+        gen_env: &'static str,
+        dir: &std::path::Path,
+        gen_gap: u32,
+    ) -> Self {
+        KillPoints {
+            child_test,
+            dir_env,
+            gen_env,
+            dir: dir.display().to_string(),
+            next_gen: 0,
+            gen_gap,
+        }
+    }
+
+    /// Run the next child and kill it `then` after it reported
+    /// `after_lines` finished writes; returns what it reported.
+    pub async fn kill(&mut self, after_lines: usize, then: Duration) -> Vec<(u32, u32)> {
+        let env = [
+            (self.dir_env, self.dir.clone()),
+            (self.gen_env, self.next_gen.to_string()),
+        ];
+        let child_test = self.child_test;
+        let lines =
+            tokio::task::spawn_blocking(move || kill_child(child_test, &env, after_lines, then))
+                .await
+                .expect("kill the child");
+        self.next_gen = lines
+            .iter()
+            .map(|(_, g)| g + 1)
+            .max()
+            .unwrap_or(self.next_gen)
+            + self.gen_gap;
+        lines
+    }
+}
+
 /// What a storage held after a crash, for keys `crash/0..n`.
 #[derive(Debug, Default)]
 pub struct Found {

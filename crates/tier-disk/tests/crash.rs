@@ -95,27 +95,19 @@ async fn killed_writers_leave_every_entry_complete_or_absent() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut checked, mut present, mut corrupt_served) = (0u32, 0u32, 0u32);
-    let mut next_gen = 0u32;
+    let mut points = tier_conformance::crash::KillPoints::new(
+        "crash_child_writes_until_killed",
+        CHILD_ENV,
+        "TIER_DISK_CRASH_GEN",
+        dir.path(),
+        KEYS * 5,
+    );
     for run in 0..runs {
         // Let the child finish a varying number of writes, then kill it
         // wherever it is.
-        let env = [
-            (CHILD_ENV, dir.path().display().to_string()),
-            ("TIER_DISK_CRASH_GEN", next_gen.to_string()),
-        ];
         let wait_for = 3 + (run as usize * 7) % 23;
         let then = Duration::from_micros(u64::from(run) * 397 % 3000);
-        let lines = tokio::task::spawn_blocking(move || {
-            tier_conformance::crash::kill_child(
-                "crash_child_writes_until_killed",
-                &env,
-                wait_for,
-                then,
-            )
-        })
-        .await
-        .expect("kill the child");
-        next_gen = lines.iter().map(|(_, g)| g + 1).max().unwrap_or(next_gen) + KEYS * 5;
+        let lines = points.kill(wait_for, then).await;
 
         let disk = DiskStorage::open(config(dir.path()))
             .await

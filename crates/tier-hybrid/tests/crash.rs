@@ -93,25 +93,17 @@ async fn killed_write_back_hybrids_leave_disk_entries_complete_or_absent() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut checked, mut present, mut corrupt) = (0u32, 0u32, 0u32);
-    let mut next_gen = 0u32;
+    let mut points = tier_conformance::crash::KillPoints::new(
+        "crash_child_writes_back_until_killed",
+        CHILD_ENV,
+        "TIER_HYBRID_CRASH_GEN",
+        dir.path(),
+        KEYS * 4,
+    );
     for run in 0..runs {
-        let env = [
-            (CHILD_ENV, dir.path().display().to_string()),
-            ("TIER_HYBRID_CRASH_GEN", next_gen.to_string()),
-        ];
         let wait_for = 10 + (run as usize * 11) % 40;
         let then = Duration::from_micros(u64::from(run) * 211 % 2000);
-        let lines = tokio::task::spawn_blocking(move || {
-            tier_conformance::crash::kill_child(
-                "crash_child_writes_back_until_killed",
-                &env,
-                wait_for,
-                then,
-            )
-        })
-        .await
-        .expect("kill the child");
-        next_gen = lines.iter().map(|(_, g)| g + 1).max().unwrap_or(next_gen) + KEYS * 4;
+        points.kill(wait_for, then).await;
         let disk = DiskStorage::open(disk_config(dir.path()))
             .await
             .expect("reopen")
