@@ -212,22 +212,32 @@ async fn every_failed_operation_leaves_a_consistent_cache() {
     assert!(cases > 30, "only {cases} cases ran");
 }
 
+/// A fresh disk tier in its own directory, with a fault plan whose controls
+/// are `controls`.
+async fn with_controls(
+    controls: Controls,
+) -> (tempfile::TempDir, Arc<FaultPlan>, &'static DiskStorage) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = FaultPlan::new();
+    plan.set_controls(controls);
+    let disk = DiskStorage::open(config(dir.path(), Some(plan.clone())))
+        .await
+        .expect("open")
+        .leak();
+    (dir, plan, disk)
+}
+
 /// Negative controls: with a safety mechanism switched off, the check that
 /// guards it catches the difference.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_controls_show_the_checks_have_teeth() {
     // 1. Without block checksums, a flipped body byte is served: the
     //    corruption test would fail.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plan = FaultPlan::new();
-    plan.set_controls(Controls {
+    let (dir, _plan, disk) = with_controls(Controls {
         skip_checksums: true,
         ..Controls::default()
-    });
-    let disk = DiskStorage::open(config(dir.path(), Some(plan.clone())))
-        .await
-        .expect("open")
-        .leak();
+    })
+    .await;
     let data = body(3, 10_000);
     put(disk, "c", &data, "m").await.expect("write");
     let file = dir.path().join(tier_core::key::entry_relative_path(
@@ -248,16 +258,11 @@ async fn negative_controls_show_the_checks_have_teeth() {
 
     // 2. Without temp cleanup, a failed write leaves its temp file: the
     //    leak check would fail.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plan = FaultPlan::new();
-    plan.set_controls(Controls {
+    let (dir, plan, disk) = with_controls(Controls {
         skip_temp_cleanup: true,
         ..Controls::default()
-    });
-    let disk = DiskStorage::open(config(dir.path(), Some(plan.clone())))
-        .await
-        .expect("open")
-        .leak();
+    })
+    .await;
     plan.fail_at(3, FaultKind::NoSpace);
     assert!(put(disk, "d", &body(4, 20_000), "m").await.is_err());
     assert!(
@@ -269,16 +274,11 @@ async fn negative_controls_show_the_checks_have_teeth() {
     // 3. Publishing in place instead of temp + rename: a rewrite that is
     //    dropped half-way destroys the entry it was replacing, so the
     //    contract check for exactly that fails.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plan = FaultPlan::new();
-    plan.set_controls(Controls {
+    let (_dir, _plan, disk) = with_controls(Controls {
         publish_in_place: true,
         ..Controls::default()
-    });
-    let disk = DiskStorage::open(config(dir.path(), Some(plan.clone())))
-        .await
-        .expect("open")
-        .leak();
+    })
+    .await;
     let check = tier_conformance::dropped_rewrite_keeps_previous_entry(disk).await;
     assert!(
         check.is_err(),
@@ -298,12 +298,7 @@ async fn negative_controls_show_the_checks_have_teeth() {
     tier_conformance::dropped_rewrite_keeps_previous_entry(disk)
         .await
         .expect("with temp + rename");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plan = FaultPlan::new();
-    let disk = DiskStorage::open(config(dir.path(), Some(plan.clone())))
-        .await
-        .expect("open")
-        .leak();
+    let (dir, plan, disk) = with_controls(Controls::default()).await;
     plan.fail_at(3, FaultKind::NoSpace);
     assert!(put(disk, "d", &body(4, 20_000), "m").await.is_err());
     assert_eq!(temp_files(dir.path()), 0);
