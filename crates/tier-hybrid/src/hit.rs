@@ -33,8 +33,9 @@ pub(crate) struct Promotion {
     pub(crate) ceiling: u64,
     pub(crate) copied: u64,
     pub(crate) counters: Arc<Counters>,
-    /// In write-back: where to record that the promoted copy is clean.
-    pub(crate) clean: Option<(Arc<CleanSet>, u64)>,
+    /// Where to record that the promoted copy is clean (equals its cold
+    /// copy), and the key's slot.
+    pub(crate) clean: (Arc<CleanSet>, u64),
 }
 
 impl TaggedHit {
@@ -94,7 +95,7 @@ impl HandleHit for TaggedHit {
                     let published = hot_miss.write_body(Bytes::new(), true).await.is_ok()
                         && guard.try_finish()
                         && hot_miss.finish().await.is_ok();
-                    if let (true, Some((set, slot)), Some(id)) = (published, clean, hot_id) {
+                    if let (true, (set, slot), Some(id)) = (published, clean, hot_id) {
                         set.mark(slot, id.get());
                     }
                     tracing::debug!(published, "promotion into the hot tier ended");

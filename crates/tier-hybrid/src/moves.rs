@@ -155,8 +155,9 @@ mod tests {
 
 /// Hot entries known to equal their cold copy (promoted from it, not written
 /// since), by key slot and hot entry id: in write-back, evicting one needs no
-/// demotion. Bounded: when full it forgets everything, which only costs
-/// demotions that were not needed.
+/// demotion, and an exact invalidation of the cold copy's generation reaches
+/// it. Bounded: when full it forgets everything, which only costs demotions
+/// that were not needed.
 #[derive(Debug, Default)]
 pub(crate) struct CleanSet {
     map: Mutex<HashMap<u64, u64>>,
@@ -171,6 +172,11 @@ impl CleanSet {
             map.clear();
         }
         map.insert(slot, hot_id);
+    }
+
+    /// Whether `hot_id` is the clean copy recorded for `slot`.
+    pub(crate) fn holds(&self, slot: u64, hot_id: u64) -> bool {
+        self.map.lock().get(&slot) == Some(&hot_id)
     }
 
     /// Forget `slot` (a new write, a purge).

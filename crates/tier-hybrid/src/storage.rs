@@ -153,12 +153,7 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
                     ceiling: self.shared.admission.policy().promote_ceiling(),
                     copied: 0,
                     counters: counters.clone(),
-                    clean: self
-                        .shared
-                        .admission
-                        .policy()
-                        .demotes_hot_evictions()
-                        .then(|| (self.shared.clean.clone(), slot)),
+                    clean: (self.shared.clean.clone(), slot),
                 }),
             }),
             Err(e) => {
@@ -180,6 +175,40 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
             Some((entry, bit)) if *bit == tier => PurgeTarget::Exact(entry),
             _ => PurgeTarget::Active(key),
         }
+    }
+
+    /// Whether an invalidation or expiry aimed at `exact` (one of the
+    /// hybrid's ids, or none) applies to the key's current entry, so that it
+    /// must reach every copy of it.
+    ///
+    /// The id names one tier's generation. It is stale when that tier now
+    /// holds another generation of the key: a newer write. A hot copy
+    /// promoted from the cold tier is not a newer write (it carries the cold
+    /// copy's generation under a new id), and a tier that no longer holds the
+    /// key at all has nothing newer. When in doubt the answer is yes: removing
+    /// a copy too many costs a miss, keeping one serves what the caller meant
+    /// to remove.
+    async fn names_current(
+        &self,
+        key: &CompactCacheKey,
+        exact: &Option<(CacheEntryKey, TierBit)>,
+        trace: &SpanHandle,
+    ) -> bool {
+        let Some((entry, bit)) = exact else {
+            return true;
+        };
+        let named = entry.entry_id().map(CacheEntryId::get);
+        let current = match bit {
+            TierBit::Hot => self.hot.lookup_entry(key, None, trace).await,
+            TierBit::Cold => self.cold.lookup_entry(key, None, trace).await,
+        };
+        let Ok(Some((_, hit))) = current else {
+            return true;
+        };
+        let id = hit.entry_id().map(CacheEntryId::get);
+        id == named
+            || (*bit == TierBit::Hot
+                && id.is_some_and(|id| self.shared.clean.holds(entry_hash64(key), id)))
     }
 
     /// Demote an entry the hot tier gave up, if the budget allows.
@@ -464,22 +493,17 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         };
         match purge_type {
             PurgeType::Invalidation => {
+                if !self.names_current(key, &exact, trace).await {
+                    return Ok(PurgeOutcome::NotFound);
+                }
                 self.shared.clean.forget(entry_hash64(key));
                 let hot = self
                     .hot
-                    .purge(
-                        Self::target_for(key, &exact, TierBit::Hot),
-                        purge_type,
-                        trace,
-                    )
+                    .purge(PurgeTarget::Active(key), purge_type, trace)
                     .await;
                 let cold = self
                     .cold
-                    .purge(
-                        Self::target_for(key, &exact, TierBit::Cold),
-                        purge_type,
-                        trace,
-                    )
+                    .purge(PurgeTarget::Active(key), purge_type, trace)
                     .await;
                 let (hot, cold) = (absorb("hot", hot), absorb("cold", cold));
                 if hot.is_none() && cold.is_none() {
@@ -539,16 +563,12 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
     ) -> Result<PurgeOutcome> {
         let key = target.key();
         self.shared.moves.cancel(entry_hash64(key)).await;
-        let exact = exact_target(target);
+        if !self.names_current(key, &exact_target(target), trace).await {
+            return Ok(PurgeOutcome::NotFound);
+        }
         let counters = &self.shared.counters;
-        let hot = self
-            .hot
-            .expire(Self::target_for(key, &exact, TierBit::Hot), trace)
-            .await;
-        let cold = self
-            .cold
-            .expire(Self::target_for(key, &exact, TierBit::Cold), trace)
-            .await;
+        let hot = self.hot.expire(PurgeTarget::Active(key), trace).await;
+        let cold = self.cold.expire(PurgeTarget::Active(key), trace).await;
         let ok = |r: Result<PurgeOutcome>| r.map_err(|_| incr(&counters.errors)).ok();
         Ok(combine(ok(hot), ok(cold)))
     }

@@ -6,6 +6,7 @@ use std::any::Any;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_cache::eviction::CacheEntryKey;
 use pingora_cache::storage::{
     HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType, Storage,
 };
@@ -292,6 +293,70 @@ async fn a_hit_after_eviction_comes_from_cold_and_is_promoted_again() {
         get(f.memory, "h").await.as_deref(),
         Some(&b"evict and find"[..])
     );
+}
+
+/// The write's id, for an exact purge.
+async fn put_id(storage: &'static (dyn Storage + Sync), name: &str, body: &[u8]) -> CacheEntryKey {
+    let mut miss = storage
+        .get_miss_handler(&key(name), &meta(name), &span())
+        .await
+        .expect("miss");
+    miss.write_body(Bytes::copy_from_slice(body), false)
+        .await
+        .expect("write");
+    let id = miss.entry_id();
+    miss.finish().await.expect("finish");
+    CacheEntryKey::from_entry_id(key(name).to_compact(), id)
+}
+
+async fn invalidate(storage: &'static (dyn Storage + Sync), entry: &CacheEntryKey) -> PurgeOutcome {
+    storage
+        .purge(PurgeTarget::Exact(entry), PurgeType::Invalidation, &span())
+        .await
+        .expect("purge")
+}
+
+// Shrunk from the write-through model: write, evict the hot copy, promote it
+// back (a new hot id), then invalidate with the write's id. The promoted copy
+// carries the same generation, so it must go with the cold one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exact_invalidation_reaches_a_promoted_copy() {
+    let f = fixture(always()).await;
+    let entry = put_id(f.hybrid, "g", b"").await;
+    let compact = key("g").to_compact();
+    f.hybrid
+        .purge(PurgeTarget::Active(&compact), PurgeType::Eviction, &span())
+        .await
+        .expect("evict");
+    assert_eq!(get(f.hybrid, "g").await.as_deref(), Some(&b""[..]));
+    f.hybrid.wait_for_moves().await;
+    assert!(get(f.memory, "g").await.is_some(), "not promoted back");
+    assert!(matches!(
+        invalidate(f.hybrid, &entry).await,
+        PurgeOutcome::Purged(_)
+    ));
+    assert!(get(f.hybrid, "g").await.is_none(), "a copy survived");
+    assert!(!f
+        .hybrid
+        .update_meta(&key("g"), &meta("late"), &span())
+        .await
+        .expect("update_meta"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exact_invalidation_with_an_older_id_keeps_the_newer_write() {
+    let f = fixture(always()).await;
+    let old = put_id(f.hybrid, "n", b"old").await;
+    put(f.hybrid, "n", &[b"new"]).await;
+    assert_eq!(invalidate(f.hybrid, &old).await, PurgeOutcome::NotFound);
+    assert_eq!(get(f.memory, "n").await.as_deref(), Some(&b"new"[..]));
+    assert_eq!(get(f.disk, "n").await.as_deref(), Some(&b"new"[..]));
+    let expired = f
+        .hybrid
+        .expire(PurgeTarget::Exact(&old), &span())
+        .await
+        .expect("expire");
+    assert_eq!(expired, PurgeOutcome::NotFound);
 }
 
 // ---- write-back ------------------------------------------------------------
