@@ -106,7 +106,7 @@ fn ensure_debian_package(root: &Path, program: &str, package: &str) -> Result<()
     let debian = Path::new("/etc/debian_version").exists();
     if !(debian && is_root()) {
         return Err(format!(
-            "`{program}` is missing and is needed to build; install it with: \
+            "`{program}` is missing and is needed to build or test; install it with: \
              sudo apt-get update && sudo apt-get install -y {package}"
         ));
     }
@@ -127,12 +127,23 @@ fn ensure_debian_package(root: &Path, program: &str, package: &str) -> Result<()
     }
 }
 
+/// cmake for pingora's zlib-ng; redis-server (and redis-cli) for the Redis
+/// tier's tests, benchmarks and examples, which start their own servers.
+fn prerequisites(root: &Path) -> Result<(), String> {
+    step(
+        "prerequisites (cmake for pingora's zlib-ng, redis-server for tier-redis)",
+        || {
+            ensure_debian_package(root, "cmake", "cmake")?;
+            ensure_debian_package(root, "redis-server", "redis-server")?;
+            ensure_debian_package(root, "redis-cli", "redis-tools")
+        },
+    )
+}
+
 fn ci(root: &Path) -> Result<(), String> {
     let cargo = cargo();
     let started = Instant::now();
-    step("prerequisites (cmake for pingora's zlib-ng)", || {
-        ensure_debian_package(root, "cmake", "cmake")
-    })?;
+    prerequisites(root)?;
     step("fmt", || {
         run(root, &cargo, &["fmt", "--all", "--check"], &[])
     })?;
@@ -192,6 +203,7 @@ fn deny(root: &Path, cargo: &str) -> Result<(), String> {
 
 fn bench(root: &Path, args: &[String]) -> Result<(), String> {
     let cargo = cargo();
+    prerequisites(root)?;
     // The throughput report first, then the per-entry memory figures, which
     // need a counting allocator and so run in a binary of their own.
     for bin in ["tier-bench", "overhead"] {
