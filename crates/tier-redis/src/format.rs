@@ -294,18 +294,23 @@ mod tests {
 
     #[test]
     fn ttl_covers_freshness_and_stale_windows_within_bounds() {
+        // meta_fresh_for gives stale-while-revalidate 60 s, stale-if-error 120 s.
         let meta = tier_core::testing::meta_fresh_for(Duration::from_secs(300), &[]);
-        let ttl = ttl_for(&meta, Duration::from_secs(60), Duration::from_secs(3600));
+        let (min, max) = (Duration::from_secs(60), Duration::from_secs(3600));
+        let ttl = ttl_for(&meta, min, max);
         assert!(
-            ttl > Duration::from_secs(290) && ttl <= Duration::from_secs(300),
+            ttl > Duration::from_secs(410) && ttl <= Duration::from_secs(420),
             "{ttl:?}"
         );
-        let short = ttl_for(&meta, Duration::from_secs(60), Duration::from_secs(100));
-        assert_eq!(short, Duration::from_secs(100));
-        let stale = tier_core::testing::meta_fresh_for(Duration::ZERO, &[]);
         assert_eq!(
-            ttl_for(&stale, Duration::from_secs(60), Duration::from_secs(3600)),
-            Duration::from_secs(60)
+            ttl_for(&meta, min, Duration::from_secs(100)),
+            Duration::from_secs(100)
+        );
+        let stale = tier_core::testing::meta_fresh_for(Duration::ZERO, &[]);
+        assert_eq!(ttl_for(&stale, min, max), Duration::from_secs(120));
+        assert_eq!(
+            ttl_for(&stale, Duration::from_secs(200), max),
+            Duration::from_secs(200)
         );
     }
 

@@ -85,22 +85,22 @@ impl HandleMiss for RedisMiss {
             self.remote.counters.record_rejection();
             return Err(object_too_large(self.remote.name(), limit, self.total));
         }
+        // A full chunk is written only once more bytes arrive, so a body of
+        // exactly one chunk still ends up inline.
+        let chunk_bytes = self.chunk_bytes();
         let mut data = data;
         while !data.is_empty() {
-            let room = self.chunk_bytes() - self.pending.len();
-            let take = room.min(data.len());
-            if self.pending.is_empty() && take == self.chunk_bytes() {
-                // A whole chunk arrived at once: no copy into `pending`.
-                let chunk = data.split_to(take);
-                if let Err(e) = self.write_chunk(chunk).await {
-                    self.failed = true;
-                    return Err(e);
-                }
-                continue;
-            }
-            self.pending.extend_from_slice(&data.split_to(take));
-            if self.pending.len() == self.chunk_bytes() {
-                let chunk = self.pending.split().freeze();
+            let next = if self.pending.len() == chunk_bytes {
+                Some(self.pending.split().freeze())
+            } else if self.pending.is_empty() && data.len() > chunk_bytes {
+                // A whole chunk, and more, arrived at once: no copy.
+                Some(data.split_to(chunk_bytes))
+            } else {
+                let take = (chunk_bytes - self.pending.len()).min(data.len());
+                self.pending.extend_from_slice(&data.split_to(take));
+                None
+            };
+            if let Some(chunk) = next {
                 if let Err(e) = self.write_chunk(chunk).await {
                     self.failed = true;
                     return Err(e);
