@@ -40,9 +40,25 @@ pub struct RedisConfig {
     pub(crate) min_ttl: Duration,
     pub(crate) max_ttl: Duration,
     pub(crate) superseded_grace: Duration,
+    pub(crate) broadcast_invalidations: bool,
 }
 
 impl RedisConfig {
+    /// The channel invalidations are published on.
+    pub(crate) fn invalidation_channel(&self) -> String {
+        format!("{}:invalidations", self.prefix)
+    }
+
+    /// Where to subscribe to invalidations: the server, or the cluster's
+    /// seed nodes in order (a cluster forwards published messages to every
+    /// node).
+    pub(crate) fn subscribe_urls(&self) -> Vec<String> {
+        match &self.endpoint {
+            Endpoint::Single(url) => vec![url.clone()],
+            Endpoint::Cluster(nodes) => nodes.clone(),
+        }
+    }
+
     fn with(endpoint: Endpoint) -> Self {
         RedisConfig {
             endpoint,
@@ -56,6 +72,7 @@ impl RedisConfig {
             min_ttl: Duration::from_secs(60),
             max_ttl: Duration::from_secs(7 * 24 * 3600),
             superseded_grace: Duration::from_secs(30),
+            broadcast_invalidations: true,
         }
     }
 
@@ -143,6 +160,15 @@ impl RedisConfig {
     /// longer, so readers streaming it can finish. Default 30 s.
     pub fn superseded_grace(mut self, grace: Duration) -> Self {
         self.superseded_grace = grace;
+        self
+    }
+
+    /// Publish every invalidation (a purge other than an eviction, an
+    /// expiry) on the channel `PREFIX:invalidations`, so that proxies
+    /// following it with [`RedisStorage::follow_invalidations`](crate::RedisStorage::follow_invalidations)
+    /// drop their local copies too. Default on.
+    pub fn broadcast_invalidations(mut self, on: bool) -> Self {
+        self.broadcast_invalidations = on;
         self
     }
 

@@ -25,6 +25,9 @@
 //!   stale windows; `maxmemory` does the rest. Bodies over
 //!   [`RedisConfig::max_object_bytes`] are refused with
 //!   [`tier_core::error::OBJECT_TOO_LARGE`].
+//! - **Invalidations reach the fleet**: a purge or expiry is published on a
+//!   channel; [`RedisStorage::follow_invalidations`] applies other proxies'
+//!   purges to this proxy's local tiers.
 //! - **A miss, not an outage**: a timeout on every call and a circuit breaker;
 //!   lookups that cannot reach Redis are misses.
 
@@ -32,6 +35,7 @@ mod breaker;
 mod config;
 mod format;
 mod hit;
+mod invalidate;
 mod miss;
 mod remote;
 mod scripts;
@@ -41,4 +45,5 @@ mod storage;
 pub mod server;
 
 pub use config::RedisConfig;
+pub use invalidate::Invalidated;
 pub use storage::{RedisStats, RedisStorage};

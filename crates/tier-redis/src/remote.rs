@@ -59,6 +59,8 @@ pub(crate) struct Remote {
     pub(crate) breaker: Breaker,
     pub(crate) counters: StatsCounters,
     pub(crate) timeouts: AtomicU64,
+    /// This instance's id in invalidation messages, to skip its own.
+    pub(crate) instance: u64,
 }
 
 impl std::fmt::Debug for Remote {
@@ -80,6 +82,7 @@ impl Remote {
             breaker,
             counters: StatsCounters::new(),
             timeouts: AtomicU64::new(0),
+            instance: crate::format::new_generation(),
         }
     }
 

@@ -89,6 +89,49 @@ impl RedisStorage {
         self.remote.ping().await
     }
 
+    /// Follow the invalidations other instances publish (see
+    /// [`RedisConfig::broadcast_invalidations`]) and hand each to `apply`,
+    /// typically a purge of this proxy's local tiers. Runs until the process
+    /// ends, reconnecting when the subscription drops: spawn it, or run it
+    /// as a background service.
+    pub async fn follow_invalidations<F, Fut>(&'static self, apply: F)
+    where
+        F: Fn(crate::Invalidated) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let config = &self.remote.config;
+        crate::invalidate::follow(
+            config.subscribe_urls(),
+            config.invalidation_channel(),
+            self.remote.instance,
+            apply,
+        )
+        .await;
+    }
+
+    /// Tell the fleet `key` was invalidated here. A failure is logged and
+    /// counted: the entry is gone from Redis either way.
+    async fn broadcast(&self, key: &CompactCacheKey, expire: bool) {
+        if !self.remote.config.broadcast_invalidations {
+            return;
+        }
+        let message = crate::invalidate::encode(self.remote.instance, key, expire);
+        let channel = self.remote.config.invalidation_channel();
+        let sent = self
+            .remote
+            .call("broadcast invalidation", Some(key), |mut c| async move {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(message)
+                    .query_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(tier = %self.remote.name(), error = %e, "invalidation not broadcast; other proxies may serve their copies until they expire");
+        }
+    }
+
     /// The tier's counters and the breaker's state.
     pub fn redis_stats(&self) -> RedisStats {
         let breaker = &self.remote.breaker;
@@ -343,11 +386,16 @@ impl Storage for RedisStorage {
     async fn purge(
         &'static self,
         target: PurgeTarget<'_>,
-        _purge_type: PurgeType,
+        purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let (key, id) = target_parts(target);
         let removed = self.remove(key, &self.keys(key), id).await?;
+        // Other proxies may hold local copies even when Redis had none; an
+        // eviction is this tier's own business.
+        if matches!(purge_type, PurgeType::Invalidation) {
+            self.broadcast(key, false).await;
+        }
         Ok(match removed {
             Some(gen) => PurgeOutcome::Purged(Some(CacheEntryId::new(gen))),
             None => PurgeOutcome::NotFound,
@@ -366,6 +414,7 @@ impl Storage for RedisStorage {
                 Ok((meta, false))
             })
             .await?;
+        self.broadcast(key, true).await;
         Ok(if changed {
             PurgeOutcome::Expired
         } else {

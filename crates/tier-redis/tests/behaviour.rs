@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use pingora_cache::storage::{HitHandler, MissHandler, Storage};
+use pingora_cache::storage::{HitHandler, MissHandler, PurgeTarget, PurgeType, Storage};
 use pingora_cache::trace::{Span, SpanHandle};
 use pingora_cache::{CacheKey, CacheMeta};
 use tier_core::error::{OBJECT_TOO_LARGE, UNAVAILABLE};
@@ -453,4 +453,62 @@ async fn in_a_cluster_an_entry_lives_on_one_node_and_entries_spread_over_all() {
             Some(body(3 * CHUNK, i))
         );
     }
+}
+
+async fn within(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<tier_redis::Invalidated>,
+) -> tier_redis::Invalidated {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no invalidation within 10 s")
+        .expect("follower stopped")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_or_expiry_through_one_instance_reaches_the_others_not_itself() {
+    let server = RedisServer::start().expect("redis-server");
+    let a = RedisStorage::new(config(&server)).leak();
+    let b = RedisStorage::new(config(&server)).leak();
+    let (to_a, mut at_a) = tokio::sync::mpsc::unbounded_channel();
+    let (to_b, mut at_b) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(a.follow_invalidations(move |inv| {
+        let _ = to_a.send(inv);
+        async {}
+    }));
+    tokio::spawn(b.follow_invalidations(move |inv| {
+        let _ = to_b.send(inv);
+        async {}
+    }));
+    eventually("both subscribed", || {
+        server
+            .cli(&["PUBSUB", "NUMSUB", "tiers:invalidations"])
+            .is_ok_and(|out| out.lines().nth(1).map(str::trim) == Some("2"))
+    })
+    .await;
+    put(a, "shared", &meta("s"), b"everyone's").await;
+    let compact = key("shared").to_compact();
+    a.expire(PurgeTarget::Active(&compact), &span())
+        .await
+        .expect("expire");
+    a.purge(
+        PurgeTarget::Active(&compact),
+        PurgeType::Invalidation,
+        &span(),
+    )
+    .await
+    .expect("purge");
+    // Evictions stay local: nothing to tell the fleet.
+    a.purge(PurgeTarget::Active(&compact), PurgeType::Eviction, &span())
+        .await
+        .expect("evict");
+    let first = within(&mut at_b).await;
+    let second = within(&mut at_b).await;
+    assert_eq!((first.key.clone(), first.expire), (compact.clone(), true));
+    assert_eq!((second.key, second.expire), (compact, false));
+    // A sees only B's messages; B sent none.
+    assert!(
+        at_a.try_recv().is_err(),
+        "an instance applied its own invalidation"
+    );
+    assert!(at_b.try_recv().is_err(), "an eviction was broadcast");
 }
