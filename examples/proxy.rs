@@ -4,7 +4,9 @@
 //!
 //! `cargo run --release --example proxy` starts it on 127.0.0.1:6188 with a
 //! demo origin on a loopback port; `--upstream HOST:PORT` proxies a real
-//! one. `--help` lists every flag.
+//! one. `--redis redis://HOST:PORT` (or `--redis-cluster URL,URL,…`) adds a
+//! Redis tier below disk that a fleet of proxies shares, purges included.
+//! `--help` lists every flag.
 
 use clap::Parser;
 use examples::proxy::{build, ProxyOptions};
@@ -23,10 +25,15 @@ fn main() {
         built.listen, built.upstream
     );
     println!(
-        "cache: {} MiB memory over {} MiB disk in {}",
+        "cache: {} MiB memory over {} MiB disk in {}{}",
         opts.memory_mib,
         opts.disk_mib,
-        opts.cache_dir.display()
+        opts.cache_dir.display(),
+        match (&opts.redis, opts.redis_cluster.is_empty()) {
+            (Some(url), _) => format!(" over Redis at {url}"),
+            (None, false) => format!(" over the Redis Cluster {}", opts.redis_cluster.join(",")),
+            (None, true) => String::new(),
+        }
     );
     if built.origin.is_some() {
         println!("demo origin started; try:");
@@ -39,6 +46,10 @@ fn main() {
             built.listen
         );
         println!("  curl -s http://{}/metrics", built.listen);
+        println!(
+            "  curl -si -X PURGE http://{}/bytes/1048576   # remove it (from Redis and the fleet too)",
+            built.listen
+        );
     }
     built.server.run_forever();
 }

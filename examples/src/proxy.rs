@@ -1,7 +1,9 @@
 //! The caching reverse proxy of `cargo run --release --example proxy`: pingora
 //! in front of an origin, caching through `HybridStorage<MemoryStorage,
-//! DiskStorage>` with an eviction manager and a cache lock, `x-cache-status`
-//! and `x-cache-tier` response headers, and `/metrics` in Prometheus format.
+//! DiskStorage>` (or, with `--redis`, memory over disk over a Redis tier the
+//! fleet shares) with an eviction manager and a cache lock, `x-cache-status`
+//! and `x-cache-tier` response headers, `PURGE` requests, and `/metrics` in
+//! Prometheus format.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,11 +31,16 @@ use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncode
 use tier_core::Tier;
 use tier_disk::{DiskConfig, DiskStorage, Durability};
 use tier_hybrid::policy::{Policy, Promotion, WritePolicy};
-use tier_hybrid::{served_by, HybridStorage, Served};
+use tier_hybrid::{served_by, served_by_inner, HybridStorage, Served};
 use tier_memory::{MemoryConfig, MemoryStorage};
+use tier_redis::{RedisConfig, RedisStorage};
 
-/// The cache the proxy uses.
+/// The cache the proxy uses on its own: memory over disk.
 pub type Cache = HybridStorage<MemoryStorage, DiskStorage>;
+/// The lower level of the shared layout: this proxy's disk over Redis.
+pub type DiskOverRedis = HybridStorage<DiskStorage, RedisStorage>;
+/// The cache with a shared tier: memory over (disk over Redis).
+pub type SharedCache = HybridStorage<MemoryStorage, DiskOverRedis>;
 
 /// Durability, as a command-line value.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -88,6 +95,15 @@ pub struct ProxyOptions {
     /// MemCache (for comparisons only: unbounded, no disk).
     #[arg(long, value_enum, default_value = "tiers")]
     pub storage: StorageArg,
+    /// A Redis shared by the fleet, below memory and disk
+    /// (`redis://host:port`, `redis+unix:///path`). Purges and expiries are
+    /// shared through it too.
+    #[arg(long, conflicts_with = "redis_cluster")]
+    pub redis: Option<String>,
+    /// A Redis Cluster shared by the fleet: seed nodes, comma-separated
+    /// (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`).
+    #[arg(long, value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
 }
 
 /// Which storage the proxy caches in, as a command-line value.
@@ -99,19 +115,37 @@ pub enum StorageArg {
     Memcache,
 }
 
+/// How the tiers are composed.
+#[derive(Debug, Clone, Copy)]
+pub enum Layout {
+    /// Memory over disk.
+    Local(&'static Cache),
+    /// Memory over (disk over Redis).
+    Shared {
+        /// The whole cache.
+        cache: &'static SharedCache,
+        /// Its lower level, disk over Redis.
+        lower: &'static DiskOverRedis,
+        /// The shared tier.
+        redis: &'static RedisStorage,
+    },
+}
+
 /// The tiers, opened.
 #[derive(Debug, Clone, Copy)]
 pub struct Tiers {
-    /// Memory over disk.
-    pub cache: &'static Cache,
     /// The memory tier.
     pub memory: &'static MemoryStorage,
     /// The disk tier.
     pub disk: &'static DiskStorage,
+    /// How they (and Redis) are composed.
+    pub layout: Layout,
 }
 
 impl Tiers {
-    /// Open the tiers the options describe. Blocking: call before the server runs.
+    /// Open the tiers the options describe. Blocking: call before the server
+    /// runs. Redis is connected on first use, so the proxy starts while it is
+    /// down.
     pub fn open(opts: &ProxyOptions) -> Result<Self> {
         let memory: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(
             MemoryConfig::new(opts.memory_mib << 20).max_object_bytes((opts.memory_mib << 20) / 8),
@@ -134,17 +168,114 @@ impl Tiers {
             WriteArg::Through => WritePolicy::WriteThrough,
             WriteArg::Back => WritePolicy::WriteBack,
         };
-        let cache = HybridStorage::new(
-            memory,
-            disk,
-            Policy::default().write(write).promotion(promotion),
-        )
-        .leak();
+        let policy = Policy::default().write(write).promotion(promotion);
+        let redis_config = match (&opts.redis, opts.redis_cluster.is_empty()) {
+            (Some(url), _) => Some(RedisConfig::single(url.clone())),
+            (None, false) => Some(RedisConfig::cluster(opts.redis_cluster.clone())),
+            (None, true) => None,
+        };
+        let layout = match redis_config {
+            None => Layout::Local(HybridStorage::new(memory, disk, policy).leak()),
+            Some(config) => {
+                let redis = RedisStorage::new(config).leak();
+                // Below memory, every miss is written to disk and Redis, so
+                // the other proxies find it.
+                let lower = HybridStorage::new(
+                    disk,
+                    redis,
+                    policy.clone().write(WritePolicy::WriteThrough),
+                )
+                .leak();
+                let cache = HybridStorage::new(memory, lower, policy).leak();
+                Layout::Shared {
+                    cache,
+                    lower,
+                    redis,
+                }
+            }
+        };
         Ok(Tiers {
-            cache,
             memory,
             disk,
+            layout,
         })
+    }
+
+    /// The storage to cache in.
+    pub fn storage(&self) -> &'static (dyn pingora_cache::Storage + Sync) {
+        match self.layout {
+            Layout::Local(cache) => cache,
+            Layout::Shared { cache, .. } => cache,
+        }
+    }
+
+    /// The shared tier, if there is one.
+    pub fn redis(&self) -> Option<&'static RedisStorage> {
+        match self.layout {
+            Layout::Local(_) => None,
+            Layout::Shared { redis, .. } => Some(redis),
+        }
+    }
+
+    /// Which tier served `hit`, for the `x-cache-tier` header.
+    fn served(&self, hit: &HitHandler) -> Option<&'static str> {
+        Some(match (served_by(hit)?, self.layout) {
+            (Served::Hot, _) => "memory",
+            (Served::Cold, Layout::Local(_)) => "disk",
+            (Served::Cold, Layout::Shared { .. }) => match served_by_inner(hit)? {
+                Served::Hot => "disk",
+                Served::Cold => "redis",
+            },
+        })
+    }
+
+    /// Wait until no promotion or demotion is in flight.
+    pub async fn wait_for_moves(&self) {
+        match self.layout {
+            Layout::Local(cache) => cache.wait_for_moves().await,
+            Layout::Shared { cache, lower, .. } => {
+                cache.wait_for_moves().await;
+                lower.wait_for_moves().await;
+            }
+        }
+    }
+
+    /// Apply another proxy's invalidation to this proxy's own tiers.
+    async fn apply(&self, invalidated: tier_redis::Invalidated) {
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let target = pingora_cache::storage::PurgeTarget::Active(&invalidated.key);
+        let kind = pingora_cache::storage::PurgeType::Invalidation;
+        use pingora_cache::Storage as _;
+        let (memory, disk) = if invalidated.expire {
+            (
+                self.memory.expire(target, &span).await.map(drop),
+                self.disk.expire(target, &span).await.map(drop),
+            )
+        } else {
+            (
+                self.memory.purge(target, kind, &span).await.map(drop),
+                self.disk.purge(target, kind, &span).await.map(drop),
+            )
+        };
+        if let Err(e) = memory.and(disk) {
+            tracing::warn!(error = %e, "could not apply a shared invalidation locally");
+        }
+    }
+}
+
+/// Follows the fleet's invalidations through Redis (a pingora background
+/// service).
+struct Invalidations(Tiers);
+
+#[async_trait]
+impl pingora_core::services::background::BackgroundService for Invalidations {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        let tiers = self.0;
+        let Some(redis) = tiers.redis() else { return };
+        tokio::select! {
+            _ = redis.follow_invalidations(move |inv| async move { tiers.apply(inv).await }) => {}
+            _ = shutdown.changed() => {}
+        }
     }
 }
 
@@ -179,7 +310,7 @@ impl CachingProxy {
     /// pingora's `MemCache`).
     pub fn new(upstream: SocketAddr, tiers: Option<Tiers>, total_bytes: usize) -> Self {
         let storage: &'static (dyn pingora_cache::Storage + Sync) = match tiers {
-            Some(tiers) => tiers.cache,
+            Some(tiers) => tiers.storage(),
             None => Box::leak(Box::new(pingora_cache::MemCache::new())),
         };
         CachingProxy {
@@ -212,6 +343,10 @@ impl ProxyHttp for CachingProxy {
         RequestCtx::default()
     }
 
+    fn is_purge(&self, session: &Session, _ctx: &Self::CTX) -> bool {
+        session.req_header().method.as_str() == "PURGE"
+    }
+
     async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
         if session.req_header().uri.path() != "/metrics" {
             return Ok(false);
@@ -237,8 +372,9 @@ impl ProxyHttp for CachingProxy {
         Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
     }
 
-    fn request_cache_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<()> {
-        if request_cacheable(session.req_header()) {
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
+        // A PURGE needs the cache (and its key) too, to remove the entry.
+        if request_cacheable(session.req_header()) || self.is_purge(session, ctx) {
             session.cache.enable(
                 self.storage,
                 Some(self.eviction),
@@ -318,10 +454,7 @@ impl ProxyHttp for CachingProxy {
         _is_fresh: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<pingora_cache::ForcedFreshness>> {
-        ctx.tier = served_by(hit_handler).map(|served| match served {
-            Served::Hot => "memory",
-            Served::Cold => "disk",
-        });
+        ctx.tier = self.tiers.and_then(|tiers| tiers.served(hit_handler));
         Ok(None)
     }
 
@@ -386,21 +519,63 @@ impl Metrics {
     }
 
     fn render(&self, tiers: &Tiers) -> String {
-        let hybrid = tiers.cache.hybrid_stats();
         let (memory, disk) = (tiers.memory.stats(), tiers.disk.stats());
-        let totals = [
-            ("hit_memory", hybrid.hot_hits),
-            ("hit_disk", hybrid.cold_hits),
-            ("miss", hybrid.misses),
-            ("promotion", hybrid.promotions),
-            ("promotion_skipped", hybrid.promotion_skips),
-            ("demotion", hybrid.demotions),
-            ("demotion_skipped", hybrid.demotion_skips),
-            ("error", hybrid.errors + memory.errors + disk.errors),
+        let mut totals: Vec<(&str, u64)> = Vec::with_capacity(16);
+        let local_errors = memory.errors + disk.errors;
+        match tiers.layout {
+            Layout::Local(cache) => {
+                let hybrid = cache.hybrid_stats();
+                totals.extend([
+                    ("hit_memory", hybrid.hot_hits),
+                    ("hit_disk", hybrid.cold_hits),
+                    ("miss", hybrid.misses),
+                    ("promotion", hybrid.promotions),
+                    ("promotion_skipped", hybrid.promotion_skips),
+                    ("demotion", hybrid.demotions),
+                    ("demotion_skipped", hybrid.demotion_skips),
+                    ("error", hybrid.errors + local_errors),
+                ]);
+            }
+            Layout::Shared {
+                cache,
+                lower,
+                redis,
+            } => {
+                let (outer, inner, shared) = (
+                    cache.hybrid_stats(),
+                    lower.hybrid_stats(),
+                    redis.redis_stats(),
+                );
+                totals.extend([
+                    ("hit_memory", outer.hot_hits),
+                    ("hit_disk", inner.hot_hits),
+                    ("hit_redis", inner.cold_hits),
+                    ("miss", outer.misses),
+                    ("promotion", outer.promotions + inner.promotions),
+                    (
+                        "promotion_skipped",
+                        outer.promotion_skips + inner.promotion_skips,
+                    ),
+                    ("demotion", outer.demotions + inner.demotions),
+                    (
+                        "demotion_skipped",
+                        outer.demotion_skips + inner.demotion_skips,
+                    ),
+                    (
+                        "error",
+                        outer.errors + inner.errors + local_errors + shared.tier.errors,
+                    ),
+                    ("redis_timeout", shared.timeouts),
+                    ("redis_breaker_trip", shared.breaker_trips),
+                    ("redis_breaker_refusal", shared.breaker_refusals),
+                ]);
+            }
+        }
+        totals.extend([
             ("eviction_memory", memory.evictions),
             ("eviction_disk", disk.evictions),
             ("corrupt_disk", tiers.disk.corrupt_entries()),
-        ];
+        ]);
         if let Ok(mut seen) = self.seen.lock() {
             for (event, total) in totals {
                 let before = seen.iter().find(|(e, _)| e == event).map_or(0, |(_, v)| *v);
@@ -483,6 +658,12 @@ pub fn build(opts: &ProxyOptions, demo_origin_port: u16) -> Result<Built> {
             (addr, Some(counters))
         }
     };
+    if let Some(tiers) = tiers.filter(|t| t.redis().is_some()) {
+        server.add_service(pingora_core::services::background::background_service(
+            "shared invalidations",
+            Invalidations(tiers),
+        ));
+    }
     let total = (opts.memory_mib << 20) + (opts.disk_mib << 20) as usize;
     let proxy = CachingProxy::new(upstream, tiers, total);
     let mut service = pingora_proxy::http_proxy_service(&server.configuration, proxy);

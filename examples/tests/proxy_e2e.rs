@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use examples::origin::{demo_body, OriginCounters};
-use examples::proxy::{build, free_port, DurabilityArg, ProxyOptions, StorageArg, WriteArg};
+use examples::proxy::{build, free_port, DurabilityArg, ProxyOptions, StorageArg, Tiers, WriteArg};
 use pingora_core::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use sha2::{Digest, Sha256};
+use tier_core::Tier;
 use tokio::sync::oneshot;
 
 /// Stops the server when the test says so.
@@ -30,13 +31,17 @@ struct Running {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     base: String,
+    /// The demo origin's counters (a proxy given an upstream has none).
     origin: Arc<OriginCounters>,
+    upstream: std::net::SocketAddr,
+    tiers: Option<Tiers>,
 }
 
 impl Running {
     fn start(opts: &ProxyOptions) -> Running {
         let built = build(opts, 0).expect("build the proxy");
-        let origin = built.origin.clone().expect("demo origin");
+        let origin = built.origin.clone().unwrap_or_default();
+        let (upstream, tiers) = (built.upstream, built.tiers);
         let base = format!("http://{}", built.listen);
         let (tx, rx) = oneshot::channel();
         let server = built.server;
@@ -58,6 +63,8 @@ impl Running {
             thread: Some(thread),
             base,
             origin,
+            upstream,
+            tiers,
         }
     }
 
@@ -126,6 +133,8 @@ fn the_proxy_caches_in_memory_and_on_disk_end_to_end() {
         write: WriteArg::Through,
         promote_on_hit: 2,
         storage: StorageArg::Tiers,
+        redis: None,
+        redis_cluster: Vec::new(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -235,4 +244,117 @@ fn the_proxy_caches_in_memory_and_on_disk_end_to_end() {
         assert_eq!(proxy.origin_requests(), 0, "a restart lost the cache");
     });
     proxy.stop();
+}
+
+/// The site both proxies serve, as a load balancer in front of them would
+/// pass it (the cache key includes the host).
+const SITE: &[(&str, &str)] = &[("host", "shared.example")];
+
+/// Two proxies over one Redis: what one fetched, the other serves as a Redis
+/// hit without the origin; a purge through one is not served by the other.
+#[test]
+fn two_proxies_share_one_redis_tier() {
+    let redis = tier_redis::server::RedisServer::start().expect("redis-server");
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let opts = |dir: &std::path::Path, upstream| ProxyOptions {
+        listen: format!("127.0.0.1:{}", free_port().expect("port")),
+        upstream,
+        cache_dir: dir.join("cache"),
+        memory_mib: 64,
+        disk_mib: 256,
+        durability: DurabilityArg::Data,
+        write: WriteArg::Through,
+        promote_on_hit: 1,
+        storage: StorageArg::Tiers,
+        redis: Some(redis.url()),
+        redis_cluster: Vec::new(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    // A starts the demo origin; B proxies the same one.
+    let a = Running::start(&opts(dir_a.path(), None));
+    let b = Running::start(&opts(dir_b.path(), Some(a.upstream)));
+    let b_tiers = b.tiers.expect("tiers");
+    let path = "/bytes/300000";
+    let want = sha(&demo_body(300_000));
+    let entries_in_redis = || {
+        redis
+            .cli(&["--scan", "--pattern", "tiers:*:e"])
+            .map(|out| out.lines().count())
+            .unwrap_or(0)
+    };
+
+    rt.block_on(async {
+        let first = get(&client, &format!("{}{path}", a.base), SITE).await;
+        assert_eq!(
+            (first.cache.as_str(), sha(&first.body)),
+            ("miss", want.clone())
+        );
+        assert_eq!(a.origin_requests(), 1);
+        // The response can reach the client just before the write to Redis
+        // is switched in: wait for the entry, not for time.
+        for _ in 0..500 {
+            if entries_in_redis() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(entries_in_redis(), 1, "A never wrote the object to Redis");
+
+        let remote = get(&client, &format!("{}{path}", b.base), SITE).await;
+        assert_eq!(
+            (remote.cache.as_str(), remote.tier.as_str()),
+            ("hit", "redis"),
+            "B did not find A's object in Redis"
+        );
+        assert_eq!(sha(&remote.body), want);
+        assert_eq!(a.origin_requests(), 1, "B went to the origin");
+        // B copied it into its own tiers as it streamed.
+        b_tiers.wait_for_moves().await;
+        let local = get(&client, &format!("{}{path}", b.base), SITE).await;
+        assert_eq!(
+            (local.cache.as_str(), local.tier.as_str()),
+            ("hit", "memory")
+        );
+
+        // A purge through A removes it from Redis, and B drops its own copies.
+        let purged = client
+            .request(
+                reqwest::Method::from_bytes(b"PURGE").expect("method"),
+                format!("{}{path}", a.base),
+            )
+            .header("host", SITE[0].1)
+            .send()
+            .await
+            .expect("purge");
+        assert_eq!(purged.status().as_u16(), 200);
+        assert_eq!(entries_in_redis(), 0);
+        // The invalidation reaches B over pub/sub: wait for it, bounded.
+        for _ in 0..500 {
+            if b_tiers.memory.stats().entries == 0 && b_tiers.disk.stats().entries == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let after = get(&client, &format!("{}{path}", b.base), SITE).await;
+        assert_eq!(
+            after.cache, "miss",
+            "B served a purged object from {}",
+            after.tier
+        );
+        assert_eq!(sha(&after.body), want);
+        assert_eq!(a.origin_requests(), 2);
+    });
+    b.stop();
+    a.stop();
 }

@@ -151,6 +151,8 @@ pub fn section(rt: &Runtime, dir: &std::path::Path, quick: bool) -> String {
             write: WriteArg::Through,
             promote_on_hit: promote,
             storage,
+            redis: None,
+            redis_cluster: Vec::new(),
         })
     };
     let runs = [

@@ -30,6 +30,17 @@ pub fn served_by(hit: &pingora_cache::storage::HitHandler) -> Option<Served> {
     })
 }
 
+/// For a hybrid whose cold tier is itself a hybrid (memory over disk over
+/// Redis, say): which tier of the inner hybrid served a cold hit. `None` for
+/// a hit from the outer hot tier, or one without an id.
+pub fn served_by_inner(hit: &pingora_cache::storage::HitHandler) -> Option<Served> {
+    let (inner, outer) = untag_id(hit.entry_id()?);
+    (outer == TierBit::Cold).then(|| match untag_id(inner).1 {
+        TierBit::Hot => Served::Hot,
+        TierBit::Cold => Served::Cold,
+    })
+}
+
 const TOP: u64 = 1 << 63;
 const NESTED: u64 = 1 << 62;
 
@@ -64,6 +75,21 @@ pub(crate) fn untag_id(id: CacheEntryId) -> (CacheEntryId, TierBit) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nested_ids_name_both_levels() {
+        let hit = |id: CacheEntryId| -> pingora_cache::storage::HitHandler {
+            Box::new(tier_core::BodyHitHandler::new(bytes::Bytes::new()).with_entry_id(Some(id)))
+        };
+        let raw = CacheEntryId::new(77);
+        for (inner_tier, want) in [(TierBit::Hot, Served::Hot), (TierBit::Cold, Served::Cold)] {
+            let outer = tag_id(tag_id(raw, inner_tier), TierBit::Cold);
+            assert_eq!(served_by(&hit(outer)), Some(Served::Cold));
+            assert_eq!(served_by_inner(&hit(outer)), Some(want));
+        }
+        let hot = tag_id(raw, TierBit::Hot);
+        assert_eq!(served_by_inner(&hit(hot)), None);
+    }
 
     #[test]
     fn ids_round_trip_with_their_tier() {

@@ -36,6 +36,6 @@ pub mod policy;
 mod stats;
 mod storage;
 
-pub use ids::{served_by, Served};
+pub use ids::{served_by, served_by_inner, Served};
 pub use stats::HybridStats;
 pub use storage::HybridStorage;
