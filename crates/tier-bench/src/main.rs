@@ -19,6 +19,7 @@ mod hit_ratio;
 mod hybrid_bench;
 mod micro;
 mod proxy_bench;
+mod redis_bench;
 mod report;
 mod runner;
 mod workload;
@@ -84,7 +85,7 @@ fn parse_args() -> Result<Args, String> {
             "--storage" => args.storage = Some(it.next().ok_or("--storage needs a name")?),
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
             "-h" | "--help" => {
-                println!("usage: tier-bench [--quick] [--only hit|insert|ratio|disk|hybrid|proxy|raw] [--micro] [--storage NAME] [--out DIR]");
+                println!("usage: tier-bench [--quick] [--only hit|insert|ratio|disk|hybrid|proxy|redis|raw] [--micro] [--storage NAME] [--out DIR]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
@@ -238,6 +239,14 @@ fn main() {
             report.push_str(&proxy_bench::section(&rt, &proxy_dir, args.quick));
         }
         std::fs::remove_dir_all(&proxy_dir).ok();
+    }
+
+    if run("redis") {
+        let redis_dir = args.out.join("redis");
+        if std::fs::create_dir_all(&redis_dir).is_ok() {
+            report.push_str(&redis_bench::section(&rt, &redis_dir, args.quick, TASKS));
+        }
+        std::fs::remove_dir_all(&redis_dir).ok();
     }
 
     if run("raw") {

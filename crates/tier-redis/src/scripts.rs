@@ -9,23 +9,6 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Look an entry up: its head, inline body and how many of its chunks exist,
-/// in one round trip. KEYS[1] entry; ARGV[1] chunk key prefix.
-pub(crate) static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local v = redis.call('HMGET', KEYS[1], 'h', 'b', 'g', 'n')
-if not v[1] then return false end
-local present = 0
-local n = tonumber(v[4]) or 0
-for i = 0, n - 1 do
-  present = present + redis.call('EXISTS', ARGV[1] .. v[3] .. ':' .. i)
-end
-return {v[1], v[2] or '', present}
-",
-    )
-});
-
 /// Switch the entry to a new generation whose chunks are already written.
 /// The old generation's chunks get a short grace TTL for readers still
 /// streaming them. KEYS[1] entry; ARGV: gen, chunk count, head, inline body

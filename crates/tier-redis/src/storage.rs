@@ -25,7 +25,7 @@ use crate::format::{
 use crate::hit::RedisHit;
 use crate::miss::RedisMiss;
 use crate::remote::Remote;
-use crate::scripts::{LOOKUP, PURGE, SET_HEAD};
+use crate::scripts::{PURGE, SET_HEAD};
 
 /// A cache tier in Redis (one server or a Cluster), shared by every proxy
 /// that points at it.
@@ -156,15 +156,39 @@ impl RedisStorage {
         key: &CompactCacheKey,
         keys: &EntryKeys,
     ) -> Result<Option<(Head, Option<bytes::Bytes>)>> {
-        let (entry, prefix) = (keys.entry.clone(), keys.chunk_prefix.clone());
-        let found: Option<(Vec<u8>, Vec<u8>, u32)> = self
+        // One plain HMGET: a small body comes with its head, in one round
+        // trip; a chunked one then checks that its chunks still exist.
+        let entry = keys.entry.clone();
+        let (head, inline): (Option<Vec<u8>>, Option<Vec<u8>>) = self
             .remote
             .call("lookup", Some(key), |mut c| async move {
-                LOOKUP.key(entry).arg(prefix).invoke_async(&mut c).await
+                redis::cmd("HMGET")
+                    .arg(entry)
+                    .arg("h")
+                    .arg("b")
+                    .query_async(&mut c)
+                    .await
             })
             .await?;
-        let Some((head, inline, present)) = found else {
+        let Some(head) = head else {
             return Ok(None);
+        };
+        let inline = inline.unwrap_or_default();
+        let present = match Head::decode(&head) {
+            Ok(decoded) if decoded.chunks > 0 => {
+                let chunk_keys: Vec<String> = (0..decoded.chunks)
+                    .map(|i| keys.chunk(decoded.gen, i))
+                    .collect();
+                self.remote
+                    .call("lookup chunks", Some(key), |mut c| async move {
+                        redis::cmd("EXISTS")
+                            .arg(chunk_keys)
+                            .query_async::<u32>(&mut c)
+                            .await
+                    })
+                    .await?
+            }
+            _ => 0,
         };
         let checked = Head::decode(&head).and_then(|head| {
             if present < head.chunks {
