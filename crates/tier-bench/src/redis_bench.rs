@@ -19,7 +19,7 @@ use tokio::runtime::Runtime;
 
 use crate::report::{Row, Table};
 use crate::runner::{leak, populate, run_trace, DynStorage, Measurement, Op};
-use crate::workload::{SizeClass, Workload};
+use crate::workload::{Expected, SizeClass, Workload};
 
 /// The Redis section of the report; the hybrid's disk lives under `dir`.
 pub fn section(rt: &Runtime, dir: &Path, quick: bool, tasks: usize) -> String {
@@ -82,7 +82,8 @@ pub fn section(rt: &Runtime, dir: &Path, quick: bool, tasks: usize) -> String {
     out
 }
 
-/// SET every key's body under a plain key, then GET them along `trace`.
+/// SET every key's body under a plain key, then GET them along `trace`,
+/// checking every byte as the tier's rows do.
 fn plain_gets(
     rt: &Runtime,
     server: &RedisServer,
@@ -112,7 +113,7 @@ fn plain_gets(
     let per_task = trace.len().div_ceil(tasks.max(1));
     let handles: Vec<_> = (0..tasks)
         .map(|t| {
-            let (trace, mut c) = (trace.clone(), conn.clone());
+            let (trace, mut c, workload) = (trace.clone(), conn.clone(), workload.clone());
             rt.spawn(async move {
                 let mut m = Measurement::empty();
                 let lo = (t * per_task).min(trace.len());
@@ -124,7 +125,14 @@ fn plain_gets(
                         .query_async(&mut c)
                         .await;
                     match got {
-                        Ok(Some(body)) => m.bytes += body.len() as u64,
+                        Ok(Some(body)) => {
+                            // The same byte check the tier's rows make.
+                            let expected = Expected::new(idx, workload.body_len(idx).min(64 << 10));
+                            if !expected.check(0, &body) || body.len() != workload.body_len(idx) {
+                                m.corrupt += 1;
+                            }
+                            m.bytes += body.len() as u64;
+                        }
                         Ok(None) => m.misses += 1,
                         Err(_) => m.errors += 1,
                     }

@@ -99,9 +99,11 @@ impl Remote {
                 match &self.config.endpoint {
                     Endpoint::Single(url) => {
                         let client = redis::Client::open(url.as_str())?;
+                        // `call` times every request out itself: a second
+                        // timer per request in the client would only cost.
                         let config = ConnectionManagerConfig::new()
                             .set_connection_timeout(Some(self.config.timeout))
-                            .set_response_timeout(Some(self.config.timeout))
+                            .set_response_timeout(None)
                             .set_number_of_retries(1);
                         ConnectionManager::new_lazy_with_config(client, config).map(Conn::Single)
                     }
