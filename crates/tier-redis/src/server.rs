@@ -132,6 +132,31 @@ impl RedisServer {
         let _ = std::fs::remove_file(self.socket());
     }
 
+    /// Stop the server answering without closing its connections (SIGSTOP),
+    /// as a stalled or overloaded server looks to a client.
+    pub fn freeze(&self) -> io::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Let a frozen server answer again (SIGCONT).
+    pub fn thaw(&self) -> io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> io::Result<()> {
+        let Some(child) = &self.child else {
+            return Err(io::Error::other("the server is stopped"));
+        };
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("kill {signal} failed")))
+        }
+    }
+
     /// Start the server again on the same socket (empty: nothing persisted).
     pub fn restart(&mut self) -> io::Result<()> {
         self.stop();

@@ -363,6 +363,27 @@ async fn redis_eviction_under_maxmemory_bounds_the_tier_and_never_tears_an_entry
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_times_out_into_a_miss_and_answers_again_when_it_resumes() {
+    let server = RedisServer::start().expect("redis-server");
+    let redis = RedisStorage::new(config(&server).timeout(Duration::from_millis(200))).leak();
+    put(redis, "slow", &meta("s"), b"kept").await;
+    server.freeze().expect("SIGSTOP");
+    let stalled = redis.lookup(&key("slow"), &span()).await;
+    server.thaw().expect("SIGCONT");
+    assert!(
+        matches!(stalled, Ok(None)),
+        "a stalled Redis must be a miss, got {:?}",
+        stalled.map(|found| found.is_some())
+    );
+    assert_eq!(redis.redis_stats().timeouts, 1);
+    assert!(
+        !redis.redis_stats().breaker_open,
+        "one timeout is not enough to open it"
+    );
+    assert_eq!(get(redis, "slow").await.as_deref(), Some(&b"kept"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_redis_is_a_miss_then_the_breaker_opens_and_a_restart_recovers() {
     let mut server = RedisServer::start().expect("redis-server");
     let config = config(&server)
