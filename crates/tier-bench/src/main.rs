@@ -18,6 +18,7 @@ mod foyer_peer;
 mod hit_ratio;
 mod hybrid_bench;
 mod micro;
+mod plots;
 mod proxy_bench;
 mod redis_bench;
 mod report;
@@ -133,6 +134,11 @@ fn main() {
     }
     let started = Instant::now();
     let rt = runtime();
+    if let Err(e) = std::fs::create_dir_all(&args.out) {
+        eprintln!("tier-bench: cannot create {}: {e}", args.out.display());
+        std::process::exit(1);
+    }
+    let plots = plots::Plots::new(&args.out);
     let mut report = format!(
         "# tiers benchmark ({})\n\n{} keys, {} operations per scenario, 2 runtime workers, {TASKS} client tasks unless a table says otherwise. \
          Ratios divide by the first row of each table, measured in the same run.\n\n",
@@ -171,8 +177,14 @@ fn main() {
             rows.push(Row { storage: name, m });
         }
         let title = format!("{title}, {tasks} client tasks");
-        report.push_str(&Table { title, rows }.markdown());
+        let table = Table { title, rows };
+        report.push_str(&table.markdown());
         report.push('\n');
+        let name = format!(
+            "hit-path-{}-{tasks}-tasks.svg",
+            matches!(op, Op::Read) as u8
+        );
+        report.push_str(&plots.bars(&name, &table.title, "ops/s", &table.ops_bars()));
     }
 
     // Inserts of each size class; key counts shrink as bodies grow so every
@@ -214,7 +226,7 @@ fn main() {
     let small = &insert_workloads[0];
 
     if run("ratio") {
-        report.push_str(&hit_ratio_section(&rt, scale));
+        report.push_str(&hit_ratio_section(&rt, scale, &plots));
     }
 
     if run("disk") {
@@ -244,7 +256,9 @@ fn main() {
     if run("redis") {
         let redis_dir = args.out.join("redis");
         if std::fs::create_dir_all(&redis_dir).is_ok() {
-            report.push_str(&redis_bench::section(&rt, &redis_dir, args.quick, TASKS));
+            report.push_str(&redis_bench::section(
+                &rt, &redis_dir, args.quick, TASKS, &plots,
+            ));
         }
         std::fs::remove_dir_all(&redis_dir).ok();
     }
@@ -273,7 +287,7 @@ fn main() {
 /// Hit ratio of the memory tier against LRU and TinyUFO at 1% and 10% of the
 /// data on Zipf 0.8/1.2 and a 30% one-time-key mix, and from 0.5% to 25% on
 /// Zipf 1.0. The bodies are all 4 KiB, so byte hit ratio equals hit ratio.
-fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale) -> String {
+fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale, plots: &plots::Plots) -> String {
     use std::fmt::Write as _;
     let body_len = 4096;
     let n_keys = scale.n_keys;
@@ -308,6 +322,12 @@ fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale) -> String {
         64 << 20,
         body_len,
     );
+    // The Zipf 1.0 sweep, for the curve: tier-memory, LRU, TinyUFO.
+    let mut curves: [plots::Series; 3] = [
+        ("tier-memory".into(), Vec::new()),
+        ("LRU".into(), Vec::new()),
+        ("TinyUFO".into(), Vec::new()),
+    ];
     for (t, trace) in traces.iter().enumerate() {
         // Zipf 1.0 is swept from 0.5% to 25% of the data; the others at
         // 1% and 10%. Sizes in per-mille.
@@ -320,6 +340,14 @@ fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale) -> String {
             let capacity = n_keys as usize * charge * per_mille / 1000;
             let (ours, _) = hit_ratio::memory_tier(rt, trace, capacity, body_len);
             let (lru, ufo) = reference_ratios(trace, capacity, charge);
+            if t == 1 {
+                let x = per_mille as f64 / 10.0;
+                for (curve, ratio) in curves.iter_mut().zip([Some(ours), lru, ufo]) {
+                    if let Some(ratio) = ratio {
+                        curve.1.push((x, ratio * 100.0));
+                    }
+                }
+            }
             let fmt = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0));
             let diff = |r: Option<f64>| {
                 r.map_or("-".to_string(), |r| format!("{:+.2}", (ours - r) * 100.0))
@@ -338,6 +366,14 @@ fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale) -> String {
         }
     }
     out.push('\n');
+    let curves: Vec<plots::Series> = curves.into_iter().filter(|c| !c.1.is_empty()).collect();
+    out.push_str(&plots.lines(
+        "hit-ratio-zipf-1.0.svg",
+        "Hit ratio against cache size, Zipf 1.0, 4 KiB",
+        "cache size (% of the data, log scale)",
+        "hit ratio (%)",
+        &curves,
+    ));
     out
 }
 

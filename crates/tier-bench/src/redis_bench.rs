@@ -17,12 +17,13 @@ use tier_redis::server::RedisServer;
 use tier_redis::{RedisConfig, RedisStorage};
 use tokio::runtime::Runtime;
 
+use crate::plots::Plots;
 use crate::report::{Row, Table};
 use crate::runner::{leak, populate, run_trace, DynStorage, Measurement, Op};
 use crate::workload::{Expected, SizeClass, Workload};
 
 /// The Redis section of the report; the hybrid's disk lives under `dir`.
-pub fn section(rt: &Runtime, dir: &Path, quick: bool, tasks: usize) -> String {
+pub fn section(rt: &Runtime, dir: &Path, quick: bool, tasks: usize, plots: &Plots) -> String {
     let server = match RedisServer::start() {
         Ok(server) => server,
         Err(e) => return format!("Redis tier not measured: {e}\n\n"),
@@ -60,23 +61,23 @@ pub fn section(rt: &Runtime, dir: &Path, quick: bool, tasks: usize) -> String {
         let title = format!(
             "Redis hits, {label} bodies, Zipf 1.0 over {n_keys} keys, {tasks} client tasks"
         );
-        out.push_str(
-            &Table {
-                title,
-                rows: vec![
-                    Row {
-                        storage: "plain GET (redis crate)".into(),
-                        m: plain,
-                    },
-                    Row {
-                        storage: "tier-redis".into(),
-                        m: tier,
-                    },
-                ],
-            }
-            .markdown(),
-        );
+        let table = Table {
+            title,
+            rows: vec![
+                Row {
+                    storage: "plain GET (redis crate)".into(),
+                    m: plain,
+                },
+                Row {
+                    storage: "tier-redis".into(),
+                    m: tier,
+                },
+            ],
+        };
+        out.push_str(&table.markdown());
         out.push('\n');
+        let name = format!("redis-hits-{}.svg", label.replace(' ', "-"));
+        out.push_str(&plots.bars(&name, &table.title, "ops/s", &table.ops_bars()));
     }
     out.push_str(&remote_hit_latency(rt, dir, &config, quick));
     out

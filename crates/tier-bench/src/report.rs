@@ -27,6 +27,14 @@ pub struct Table {
 }
 
 impl Table {
+    /// Each row's ops/s, for a bar chart.
+    pub fn ops_bars(&self) -> Vec<(String, f64)> {
+        self.rows
+            .iter()
+            .map(|r| (r.storage.clone(), r.m.ops_per_sec()))
+            .collect()
+    }
+
     /// Render as markdown.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
