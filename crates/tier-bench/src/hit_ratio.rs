@@ -91,28 +91,75 @@ pub fn scan_mix_trace(n_keys: u64, one_time_share: f64, n_ops: usize, seed: u64)
     }
 }
 
-/// Hits divided by requests for the memory tier on `trace`, with `capacity`
-/// bytes and bodies of `body_len`. Also returns the charge of one entry.
-pub fn memory_tier(rt: &Runtime, trace: &Trace, capacity: usize, body_len: usize) -> (f64, usize) {
+/// What share of requests, and of requested bytes, hits served.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ratios {
+    /// Hits divided by requests.
+    pub hit: f64,
+    /// Bytes served by hits divided by bytes requested.
+    pub byte_hit: f64,
+}
+
+/// Counts requests and hits, by number and by bytes.
+#[derive(Debug, Default)]
+struct Tally {
+    requests: u64,
+    hits: u64,
+    bytes: u64,
+    hit_bytes: u64,
+}
+
+impl Tally {
+    fn record(&mut self, hit: bool, len: usize) {
+        self.requests += 1;
+        self.bytes += len as u64;
+        if hit {
+            self.hits += 1;
+            self.hit_bytes += len as u64;
+        }
+    }
+
+    fn ratios(&self) -> Ratios {
+        Ratios {
+            hit: self.hits as f64 / self.requests.max(1) as f64,
+            byte_hit: self.hit_bytes as f64 / self.bytes.max(1) as f64,
+        }
+    }
+}
+
+/// A key's body length, for traces of mixed sizes.
+pub type LenOf<'a> = &'a (dyn Fn(u64) -> usize + Sync);
+
+/// The memory tier on `trace` with `capacity` bytes and bodies of `len(key)`
+/// bytes: its ratios, and the charge of the last entry it stored.
+pub fn memory_tier(
+    rt: &Runtime,
+    trace: &Trace,
+    capacity: usize,
+    len: LenOf<'_>,
+) -> (Ratios, usize) {
+    let largest = trace.keys.iter().map(|&k| len(k)).max().unwrap_or(0);
     let storage: &'static MemoryStorage = leak(MemoryStorage::new(
-        MemoryConfig::new(capacity).max_object_bytes(body_len * 2),
+        MemoryConfig::new(capacity).max_object_bytes((largest * 2).max(1)),
     ));
-    let keys = trace.keys.clone();
+    // One zeroed buffer, sliced for every body: no allocation per insert.
+    let zeros = Bytes::from(vec![0u8; largest]);
     rt.block_on(async move {
         let span = Span::inactive().handle();
         let meta = bench_meta();
-        let body = Bytes::from(vec![0u8; body_len]);
-        let mut hits = 0u64;
+        let mut tally = Tally::default();
         let mut charge = 0;
-        for &k in keys.iter() {
+        for &k in trace.keys.iter() {
             let key = CacheKey::new(format!("bench/{k}"), "");
+            let body_len = len(k);
             if let Ok(Some((_, mut hit))) = storage.lookup(&key, &span).await {
                 while let Ok(Some(_)) = hit.read_body().await {}
-                hits += 1;
+                tally.record(true, body_len);
                 continue;
             }
+            tally.record(false, body_len);
             if let Ok(mut miss) = storage.get_miss_handler(&key, &meta, &span).await {
-                if miss.write_body(body.clone(), true).await.is_ok() {
+                if miss.write_body(zeros.slice(..body_len), true).await.is_ok() {
                     if let Ok(pingora_cache::storage::MissFinishType::Created(c)) =
                         miss.finish().await
                     {
@@ -121,48 +168,59 @@ pub fn memory_tier(rt: &Runtime, trace: &Trace, capacity: usize, body_len: usize
                 }
             }
         }
-        (hits as f64 / keys.len().max(1) as f64, charge)
+        (tally.ratios(), charge)
     })
 }
 
 /// Reference policies: an LRU by bytes and TinyUFO (S3-FIFO + TinyLFU).
 #[cfg(feature = "peers")]
 pub mod reference {
-    use super::Trace;
+    use super::{LenOf, Ratios, Tally, Trace};
 
-    /// LRU over `capacity` bytes with every entry weighing `weight`.
-    pub fn lru(trace: &Trace, capacity: usize, weight: usize) -> f64 {
-        let mut cache = lru::LruCache::<u64, ()>::unbounded();
-        let max_entries = (capacity / weight.max(1)).max(1);
-        let mut hits = 0u64;
+    /// LRU over `capacity` bytes, entry `k` weighing `weight(k)`; requests
+    /// count `len(k)` bytes.
+    pub fn lru(trace: &Trace, capacity: usize, weight: LenOf<'_>, len: LenOf<'_>) -> Ratios {
+        let mut cache = lru::LruCache::<u64, usize>::unbounded();
+        let mut used = 0usize;
+        let mut tally = Tally::default();
         for &k in trace.keys.iter() {
-            if cache.get(&k).is_some() {
-                hits += 1;
-            } else {
-                cache.put(k, ());
-                while cache.len() > max_entries {
-                    cache.pop_lru();
+            let hit = cache.get(&k).is_some();
+            tally.record(hit, len(k));
+            let w = weight(k);
+            if !hit && w <= capacity {
+                cache.put(k, w);
+                used += w;
+                while used > capacity {
+                    match cache.pop_lru() {
+                        Some((_, w)) => used -= w,
+                        None => break,
+                    }
                 }
             }
         }
-        hits as f64 / trace.keys.len().max(1) as f64
+        tally.ratios()
     }
 
-    /// TinyUFO over `capacity` bytes with every entry weighing `weight`.
-    pub fn tinyufo(trace: &Trace, capacity: usize, weight: usize) -> f64 {
-        // TinyUFO weighs entries in u16; scale both sides alike.
-        let scale = weight.div_ceil(u16::MAX as usize).max(1);
-        let w = (weight / scale) as u16;
+    /// TinyUFO over `capacity` bytes, entry `k` weighing `weight(k)`.
+    pub fn tinyufo(trace: &Trace, capacity: usize, weight: LenOf<'_>, len: LenOf<'_>) -> Ratios {
+        // TinyUFO weighs entries in u16: scale every weight alike.
+        let heaviest = trace.keys.iter().map(|&k| weight(k)).max().unwrap_or(1);
+        let scale = heaviest.div_ceil(u16::MAX as usize).max(1);
         let limit = capacity / scale;
-        let cache = tinyufo::TinyUfo::<u64, ()>::new(limit, limit / w.max(1) as usize);
-        let mut hits = 0u64;
+        let mean = (trace.keys.iter().map(|&k| weight(k)).sum::<usize>()
+            / trace.keys.len().max(1)
+            / scale)
+            .max(1);
+        let cache = tinyufo::TinyUfo::<u64, ()>::new(limit, (limit / mean).max(1));
+        let mut tally = Tally::default();
         for &k in trace.keys.iter() {
-            if cache.get(&k).is_some() {
-                hits += 1;
-            } else {
+            let hit = cache.get(&k).is_some();
+            tally.record(hit, len(k));
+            if !hit {
+                let w = (weight(k) / scale).clamp(1, u16::MAX as usize) as u16;
                 cache.put(k, (), w);
             }
         }
-        hits as f64 / trace.keys.len().max(1) as f64
+        tally.ratios()
     }
 }

@@ -208,6 +208,12 @@ fn main() {
             size: SizeClass::Large,
             seed: 4,
         },
+        Workload {
+            n_keys: scale.n_keys / 500,
+            alpha: 1.0,
+            size: SizeClass::Mix,
+            seed: 5,
+        },
     ];
     for workload in insert_workloads.iter().filter(|_| run("insert")) {
         let mut rows = Vec::new();
@@ -227,6 +233,7 @@ fn main() {
 
     if run("ratio") {
         report.push_str(&hit_ratio_section(&rt, scale, &plots));
+        report.push_str(&mixed_size_section(&rt, args.quick, &plots));
     }
 
     if run("disk") {
@@ -320,7 +327,7 @@ fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale, plots: &plots::
             keys: std::sync::Arc::new(vec![0]),
         },
         64 << 20,
-        body_len,
+        &|_| body_len,
     );
     // The Zipf 1.0 sweep, for the curve: tier-memory, LRU, TinyUFO.
     let mut curves: [plots::Series; 3] = [
@@ -338,8 +345,10 @@ fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale, plots: &plots::
         };
         for &per_mille in sizes {
             let capacity = n_keys as usize * charge * per_mille / 1000;
-            let (ours, _) = hit_ratio::memory_tier(rt, trace, capacity, body_len);
-            let (lru, ufo) = reference_ratios(trace, capacity, charge);
+            let (ours, _) = hit_ratio::memory_tier(rt, trace, capacity, &|_| body_len);
+            let ours = ours.hit;
+            let (lru, ufo) = reference_ratios(trace, capacity, &|_| charge, &|_| body_len);
+            let (lru, ufo) = (lru.map(|r| r.hit), ufo.map(|r| r.hit));
             if t == 1 {
                 let x = per_mille as f64 / 10.0;
                 for (curve, ratio) in curves.iter_mut().zip([Some(ours), lru, ufo]) {
@@ -381,15 +390,103 @@ fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale, plots: &plots::
 fn reference_ratios(
     trace: &hit_ratio::Trace,
     capacity: usize,
-    weight: usize,
-) -> (Option<f64>, Option<f64>) {
+    weight: hit_ratio::LenOf<'_>,
+    len: hit_ratio::LenOf<'_>,
+) -> (Option<hit_ratio::Ratios>, Option<hit_ratio::Ratios>) {
     (
-        Some(hit_ratio::reference::lru(trace, capacity, weight)),
-        Some(hit_ratio::reference::tinyufo(trace, capacity, weight)),
+        Some(hit_ratio::reference::lru(trace, capacity, weight, len)),
+        Some(hit_ratio::reference::tinyufo(trace, capacity, weight, len)),
     )
 }
 
 #[cfg(not(feature = "peers"))]
-fn reference_ratios(_: &hit_ratio::Trace, _: usize, _: usize) -> (Option<f64>, Option<f64>) {
+fn reference_ratios(
+    _: &hit_ratio::Trace,
+    _: usize,
+    _: hit_ratio::LenOf<'_>,
+    _: hit_ratio::LenOf<'_>,
+) -> (Option<hit_ratio::Ratios>, Option<hit_ratio::Ratios>) {
     (None, None)
+}
+
+/// Hit ratio and byte hit ratio on the 80/15/5 size mix, against cache size.
+fn mixed_size_section(rt: &tokio::runtime::Runtime, quick: bool, plots: &plots::Plots) -> String {
+    use std::fmt::Write as _;
+    let n_keys: u64 = if quick { 500 } else { 2_000 };
+    let n_ops = if quick { 10_000 } else { 60_000 };
+    let workload = Workload {
+        n_keys,
+        alpha: 1.0,
+        size: SizeClass::Mix,
+        seed: 17,
+    };
+    let trace = hit_ratio::Trace {
+        label: "Zipf 1.0, 80/15/5 mix".into(),
+        keys: Arc::new(workload.trace(n_ops)),
+    };
+    let len = |k: u64| workload.body_len(k);
+    // The memory tier's charge beyond the body, measured on one entry.
+    let (_, one) = hit_ratio::memory_tier(
+        rt,
+        &hit_ratio::Trace {
+            label: String::new(),
+            keys: Arc::new(vec![0]),
+        },
+        64 << 20,
+        &|_| 4096,
+    );
+    let overhead = one.saturating_sub(4096);
+    let weight = |k: u64| len(k) + overhead;
+    let data: usize = (0..n_keys).map(weight).sum();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### Hit ratio and byte hit ratio, {} over {n_keys} keys ({} MiB), {n_ops} requests\n\n\
+         80% of keys 1-16 KiB, 15% 64 KiB-1 MiB, 5% 1-10 MiB. Every policy weighs an entry as the \
+         memory tier charges it (body + {overhead} B), and admits any object that fits in the \
+         budget (the memory tier's per-object limit is set above the largest body). Cells are \
+         hit ratio / byte hit ratio.\n\n\
+         | capacity | tier-memory | LRU | TinyUFO |\n|---:|---:|---:|---:|",
+        trace.label,
+        data >> 20
+    );
+    let mut curves: [plots::Series; 3] = [
+        ("tier-memory".into(), Vec::new()),
+        ("LRU".into(), Vec::new()),
+        ("TinyUFO".into(), Vec::new()),
+    ];
+    for per_mille in [5usize, 10, 20, 50, 100, 250] {
+        let capacity = data * per_mille / 1000;
+        let (ours, _) = hit_ratio::memory_tier(rt, &trace, capacity, &len);
+        let (lru, ufo) = reference_ratios(&trace, capacity, &weight, &len);
+        let fmt = |r: Option<hit_ratio::Ratios>| {
+            r.map_or("-".to_string(), |r| {
+                format!("{:.2}% / {:.2}%", r.hit * 100.0, r.byte_hit * 100.0)
+            })
+        };
+        let _ = writeln!(
+            out,
+            "| {}% | {} | {} | {} |",
+            per_mille as f64 / 10.0,
+            fmt(Some(ours)),
+            fmt(lru),
+            fmt(ufo)
+        );
+        let x = per_mille as f64 / 10.0;
+        for (curve, r) in curves.iter_mut().zip([Some(ours), lru, ufo]) {
+            if let Some(r) = r {
+                curve.1.push((x, r.byte_hit * 100.0));
+            }
+        }
+    }
+    out.push('\n');
+    let curves: Vec<plots::Series> = curves.into_iter().filter(|c| !c.1.is_empty()).collect();
+    out.push_str(&plots.lines(
+        "byte-hit-ratio-mix.svg",
+        "Byte hit ratio against cache size, 80/15/5 size mix",
+        "cache size (% of the data, log scale)",
+        "byte hit ratio (%)",
+        &curves,
+    ));
+    out
 }

@@ -23,6 +23,8 @@ pub enum SizeClass {
     Medium,
     /// 1–10 MiB.
     Large,
+    /// A CDN's mix: 80% of keys small, 15% medium, 5% large.
+    Mix,
 }
 
 impl SizeClass {
@@ -33,6 +35,19 @@ impl SizeClass {
             SizeClass::Small => (1 << 10, 16 << 10),
             SizeClass::Medium => (64 << 10, 1 << 20),
             SizeClass::Large => (1 << 20, 10 << 20),
+            SizeClass::Mix => (1 << 10, 10 << 20),
+        }
+    }
+
+    /// The class key `idx` of a mix falls in (itself for the others).
+    fn class_of(self, idx: u64) -> SizeClass {
+        if self != SizeClass::Mix {
+            return self;
+        }
+        match SmallRng::seed_from_u64(idx ^ 0x8015_0005).random_range(0..100) {
+            0..80 => SizeClass::Small,
+            80..95 => SizeClass::Medium,
+            _ => SizeClass::Large,
         }
     }
 
@@ -44,6 +59,7 @@ impl SizeClass {
             SizeClass::Small => "small 1-16 KiB".into(),
             SizeClass::Medium => "medium 64 KiB-1 MiB".into(),
             SizeClass::Large => "large 1-10 MiB".into(),
+            SizeClass::Mix => "80/15/5 mix of small, medium and large".into(),
         }
     }
 }
@@ -84,7 +100,7 @@ impl Workload {
 
     /// The body length of key index `idx`, fixed for the key.
     pub fn body_len(&self, idx: u64) -> usize {
-        let (lo, hi) = self.size.bounds();
+        let (lo, hi) = self.size.class_of(idx).bounds();
         if lo == hi {
             return lo;
         }
