@@ -23,6 +23,7 @@ mod proxy_bench;
 mod redis_bench;
 mod report;
 mod runner;
+mod ttfb;
 mod workload;
 
 use std::path::PathBuf;
@@ -86,7 +87,7 @@ fn parse_args() -> Result<Args, String> {
             "--storage" => args.storage = Some(it.next().ok_or("--storage needs a name")?),
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
             "-h" | "--help" => {
-                println!("usage: tier-bench [--quick] [--only hit|insert|ratio|disk|hybrid|proxy|redis|raw] [--micro] [--storage NAME] [--out DIR]");
+                println!("usage: tier-bench [--quick] [--only hit|insert|ratio|ttfb|disk|hybrid|proxy|redis|raw] [--micro] [--storage NAME] [--out DIR]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
@@ -234,6 +235,14 @@ fn main() {
     if run("ratio") {
         report.push_str(&hit_ratio_section(&rt, scale, &plots));
         report.push_str(&mixed_size_section(&rt, args.quick, &plots));
+    }
+
+    if run("ttfb") {
+        let ttfb_dir = args.out.join("ttfb");
+        if std::fs::create_dir_all(&ttfb_dir).is_ok() {
+            report.push_str(&ttfb::section(&rt, &ttfb_dir, args.quick));
+        }
+        std::fs::remove_dir_all(&ttfb_dir).ok();
     }
 
     if run("disk") {
