@@ -17,6 +17,7 @@ mod disk_raw;
 mod foyer_peer;
 mod hit_ratio;
 mod hybrid_bench;
+mod latency;
 mod micro;
 mod plots;
 mod proxy_bench;
@@ -87,7 +88,7 @@ fn parse_args() -> Result<Args, String> {
             "--storage" => args.storage = Some(it.next().ok_or("--storage needs a name")?),
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
             "-h" | "--help" => {
-                println!("usage: tier-bench [--quick] [--only hit|insert|ratio|ttfb|disk|hybrid|proxy|redis|raw] [--micro] [--storage NAME] [--out DIR]");
+                println!("usage: tier-bench [--quick] [--only hit|latency|insert|ratio|ttfb|disk|hybrid|proxy|redis|raw] [--micro] [--storage NAME] [--out DIR]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
@@ -186,6 +187,14 @@ fn main() {
             matches!(op, Op::Read) as u8
         );
         report.push_str(&plots.bars(&name, &table.title, "ops/s", &table.ops_bars()));
+    }
+
+    if run("latency") {
+        let latency_dir = args.out.join("latency");
+        if std::fs::create_dir_all(&latency_dir).is_ok() {
+            report.push_str(&latency::section(&rt, &latency_dir, args.quick));
+        }
+        std::fs::remove_dir_all(&latency_dir).ok();
     }
 
     // Inserts of each size class; key counts shrink as bodies grow so every

@@ -1,0 +1,81 @@
+//! Latency of hits and misses in each tier on its own, with one client task
+//! so the figures are an operation's own time, not queueing: p50, p99 and
+//! p999 for memory hits, disk hits, Redis hits and misses.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_cache::MemCache;
+use tier_disk::{DiskConfig, DiskStorage, Durability};
+use tier_memory::{MemoryConfig, MemoryStorage};
+use tier_redis::server::RedisServer;
+use tier_redis::{RedisConfig, RedisStorage};
+use tokio::runtime::Runtime;
+
+use crate::report::{Row, Table};
+use crate::runner::{leak, populate, run_trace, DynStorage, Op};
+use crate::workload::{SizeClass, Workload};
+
+/// The latency section; the disk tier lives under `dir`.
+pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
+    let n_keys: u64 = if quick { 2_000 } else { 10_000 };
+    let n_ops = if quick { 20_000 } else { 100_000 };
+    let workload = Workload {
+        n_keys,
+        alpha: 1.0,
+        size: SizeClass::Fixed(4 << 10),
+        seed: 61,
+    };
+    let hits = Arc::new(workload.trace(n_ops));
+    // Keys past the populated ones: every lookup misses.
+    let misses = Arc::new((n_keys..n_keys + n_ops as u64).collect::<Vec<u64>>());
+    let mut storages: Vec<(String, DynStorage)> = vec![
+        ("pingora MemCache".into(), leak(MemCache::new())),
+        (
+            "tier-memory".into(),
+            leak(MemoryStorage::new(MemoryConfig::new(256 << 20))),
+        ),
+    ];
+    let disk_dir = tempfile::tempdir_in(dir).ok();
+    if let Some(disk_dir) = &disk_dir {
+        let config = DiskConfig::new(disk_dir.path(), 1 << 30).durability(Durability::None);
+        if let Ok(disk) = rt.block_on(DiskStorage::open(config)) {
+            storages.push(("tier-disk (page cache warm)".into(), disk.leak()));
+        }
+    }
+    let server = RedisServer::start().ok();
+    if let Some(server) = &server {
+        let config = RedisConfig::single(server.url()).timeout(Duration::from_secs(5));
+        storages.push((
+            "tier-redis (local server, unix socket)".into(),
+            RedisStorage::new(config).leak(),
+        ));
+    }
+    let (mut hit_rows, mut miss_rows) = (Vec::new(), Vec::new());
+    for (name, storage) in storages {
+        populate(rt, storage, &workload, 4);
+        let hit = run_trace(rt, storage, &workload, hits.clone(), 1, Op::Read);
+        let miss = run_trace(rt, storage, &workload, misses.clone(), 1, Op::Read);
+        hit_rows.push(Row {
+            storage: name.clone(),
+            m: hit,
+        });
+        miss_rows.push(Row {
+            storage: name,
+            m: miss,
+        });
+    }
+    let mut out = String::new();
+    for (what, rows) in [("Hits", hit_rows), ("Misses", miss_rows)] {
+        let table = Table {
+            title: format!(
+                "{what} by tier, 4 KiB bodies, {n_keys} keys, one client task (latency, not queueing)"
+            ),
+            rows,
+        };
+        out.push_str(&table.markdown());
+        out.push('\n');
+    }
+    out
+}
