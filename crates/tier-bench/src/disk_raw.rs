@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::workload::Workload;
+use crate::workload::{Expected, Workload};
 
 /// One raw-rate figure.
 #[derive(Debug, Clone)]
@@ -62,18 +62,28 @@ pub fn measure(dir: &Path, workload: &Workload, n_files: u64) -> std::io::Result
             let started = Instant::now();
             let mut buf = vec![0u8; 64 << 10];
             let mut read = 0u64;
+            let mut wrong = 0u64;
             for i in 0..bodies.len() {
                 let mut file = File::open(sub.path().join(i.to_string()))?;
+                // Every byte checked against the key's pattern, as the
+                // benchmark checks every byte a tier serves.
+                let expected = Expected::new(i as u64, bodies[i].len().min(64 << 10));
+                let mut offset = 0usize;
                 loop {
                     let n = file.read(&mut buf)?;
                     if n == 0 {
                         break;
                     }
+                    wrong += u64::from(!expected.check(offset, &buf[..n]));
+                    offset += n;
                     read += n as u64;
                 }
             }
+            if wrong > 0 {
+                return Err(std::io::Error::other(format!("{wrong} raw reads differ")));
+            }
             rates.push(RawRate {
-                label: "read back (page cache warm)",
+                label: "read back (page cache warm, bytes checked)",
                 files: n_files,
                 bytes: read,
                 elapsed: started.elapsed(),
