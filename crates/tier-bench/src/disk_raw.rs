@@ -63,11 +63,11 @@ pub fn measure(dir: &Path, workload: &Workload, n_files: u64) -> std::io::Result
             let mut buf = vec![0u8; 64 << 10];
             let mut read = 0u64;
             let mut wrong = 0u64;
-            for i in 0..bodies.len() {
+            for (i, body) in bodies.iter().enumerate() {
                 let mut file = File::open(sub.path().join(i.to_string()))?;
                 // Every byte checked against the key's pattern, as the
                 // benchmark checks every byte a tier serves.
-                let expected = Expected::new(i as u64, bodies[i].len().min(64 << 10));
+                let expected = Expected::new(i as u64, body.len().min(64 << 10));
                 let mut offset = 0usize;
                 loop {
                     let n = file.read(&mut buf)?;
