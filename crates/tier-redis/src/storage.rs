@@ -159,13 +159,15 @@ impl RedisStorage {
         // One plain HMGET: a small body comes with its head, in one round
         // trip; a chunked one then checks that its chunks still exist.
         let entry = keys.entry.clone();
-        let (head, inline): (Option<Vec<u8>>, Option<Vec<u8>>) = self
+        type Fields = (Option<Vec<u8>>, Option<Vec<u8>>, Option<String>);
+        let (head, inline, stored_gen): Fields = self
             .remote
             .call("lookup", Some(key), |mut c| async move {
                 redis::cmd("HMGET")
                     .arg(entry)
                     .arg("h")
                     .arg("b")
+                    .arg("g")
                     .query_async(&mut c)
                     .await
             })
@@ -173,49 +175,65 @@ impl RedisStorage {
         let Some(head) = head else {
             return Ok(None);
         };
-        let inline = inline.unwrap_or_default();
-        let present = match Head::decode(&head) {
-            Ok(decoded) if decoded.chunks > 0 => {
-                let chunk_keys: Vec<String> = (0..decoded.chunks)
-                    .map(|i| keys.chunk(decoded.gen, i))
-                    .collect();
-                self.remote
-                    .call("lookup chunks", Some(key), |mut c| async move {
-                        redis::cmd("EXISTS")
-                            .arg(chunk_keys)
-                            .query_async::<u32>(&mut c)
-                            .await
-                    })
+        let stored_gen = stored_gen.as_deref().and_then(parse_gen);
+        let checked = match Head::decode(&head) {
+            Ok(head) if Some(head.gen) != stored_gen => {
+                Err("the head names another generation than the entry".to_string())
+            }
+            Ok(head) => {
+                self.check_body(key, keys, head, inline.unwrap_or_default())
                     .await?
             }
-            _ => 0,
+            Err(problem) => Err(problem),
         };
-        let checked = Head::decode(&head).and_then(|head| {
-            if present < head.chunks {
-                return Err(format!(
-                    "{} of {} chunks are gone (evicted or expired)",
-                    head.chunks - present,
-                    head.chunks
-                ));
-            }
-            let inline = if head.inline {
-                let len = head.body_len as usize;
-                Some(unframe_chunk(inline, head.gen, 0, len)?)
-            } else {
-                None
-            };
-            Ok((head, inline))
-        });
         match checked {
             Ok(found) => Ok(Some(found)),
             Err(problem) => {
                 self.remote.counters.record_error();
                 tracing::warn!(tier = %self.remote.name(), %problem, "dropping a broken Redis entry");
-                // Remove whatever generation is there: it cannot be served.
-                let _ = self.remove(key, keys, None).await;
+                // Remove the broken generation only: a write that switched
+                // in a new one since the HMGET stays.
+                let _ = self.remove(key, keys, stored_gen).await;
                 Ok(None)
             }
         }
+    }
+
+    /// An inline body checked, or a chunked body's chunks all present; the
+    /// problem otherwise.
+    async fn check_body(
+        &self,
+        key: &CompactCacheKey,
+        keys: &EntryKeys,
+        head: Head,
+        inline: Vec<u8>,
+    ) -> Result<std::result::Result<(Head, Option<bytes::Bytes>), String>> {
+        if head.inline {
+            let len = head.body_len as usize;
+            return Ok(unframe_chunk(inline, head.gen, 0, len).map(|body| (head, Some(body))));
+        }
+        if head.chunks == 0 {
+            // An empty body: nothing to check (the writer stores these inline).
+            return Ok(Ok((head, None)));
+        }
+        let chunk_keys: Vec<String> = (0..head.chunks).map(|i| keys.chunk(head.gen, i)).collect();
+        let present = self
+            .remote
+            .call("lookup chunks", Some(key), |mut c| async move {
+                redis::cmd("EXISTS")
+                    .arg(chunk_keys)
+                    .query_async::<u32>(&mut c)
+                    .await
+            })
+            .await?;
+        if present < head.chunks {
+            return Ok(Err(format!(
+                "{} of {} chunks are gone (evicted or expired)",
+                head.chunks - present,
+                head.chunks
+            )));
+        }
+        Ok(Ok((head, None)))
     }
 
     /// Run the purge script; the removed generation, if any.

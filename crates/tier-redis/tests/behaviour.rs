@@ -189,6 +189,11 @@ async fn a_corrupt_or_foreign_head_is_a_miss() {
     assert!(get(redis, "other").await.is_none());
     put(redis, "h", &meta("y"), b"rewritten").await;
     assert_eq!(get(redis, "h").await.as_deref(), Some(&b"rewritten"[..]));
+    // A head that names another generation than the entry's is not served.
+    server
+        .cli(&["HSET", &entry_key("h"), "g", "abc"])
+        .expect("hset");
+    assert!(get(redis, "h").await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
