@@ -55,7 +55,8 @@ fn run(rt: &Runtime, dir: &Path, quick: bool, tasks: usize) -> std::io::Result<S
         "### Disk tier against raw std::fs, Durability::Data (fsync of each file before publish)\n\n\
          The raw rate writes the same bodies as plain files with an fsync each, and reads them \
          back, checking every byte as the tier's reads are checked; reads are from the page cache \
-         in both (buffered I/O, files just written).\n"
+         in both (buffered I/O, files just written), and foyer's file-system device runs with its \
+         default, buffered I/O (direct I/O off).\n"
     );
     let _ = writeln!(
         out,
