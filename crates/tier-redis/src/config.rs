@@ -26,6 +26,8 @@ pub(crate) enum Endpoint {
 ///     .timeout(Duration::from_millis(100))
 ///     .max_object_bytes(16 << 20);
 /// assert_eq!(config.get_max_object_bytes(), 16 << 20);
+/// // Out-of-range chunk sizes are brought into range, not trusted.
+/// assert_eq!(RedisConfig::single("redis://h").chunk_bytes(usize::MAX).get_chunk_bytes(), 64 << 20);
 /// ```
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -104,11 +106,11 @@ impl RedisConfig {
         self
     }
 
-    /// Bodies are stored in chunks of this many bytes (at least 1 KiB), and
+    /// Bodies are stored in chunks of this many bytes (1 KiB to 64 MiB), and
     /// a body no longer than one chunk is stored inside the entry's own key.
     /// It is also what one reader or writer holds in memory. Default 256 KiB.
     pub fn chunk_bytes(mut self, bytes: usize) -> Self {
-        self.chunk_bytes = bytes.max(1024);
+        self.chunk_bytes = bytes.clamp(1024, 64 << 20);
         self
     }
 
@@ -170,6 +172,11 @@ impl RedisConfig {
     pub fn broadcast_invalidations(mut self, on: bool) -> Self {
         self.broadcast_invalidations = on;
         self
+    }
+
+    /// The chunk size in bytes.
+    pub fn get_chunk_bytes(&self) -> usize {
+        self.chunk_bytes
     }
 
     /// The per-object limit in bytes.
