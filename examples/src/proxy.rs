@@ -343,6 +343,9 @@ impl ProxyHttp for CachingProxy {
         RequestCtx::default()
     }
 
+    /// `PURGE` removes the object (from Redis and the fleet too, with
+    /// `--redis`). An example on loopback accepts it from anyone; a
+    /// deployment restricts it (client address, a token) before this.
     fn is_purge(&self, session: &Session, _ctx: &Self::CTX) -> bool {
         session.req_header().method.as_str() == "PURGE"
     }
