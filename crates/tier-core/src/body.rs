@@ -27,6 +27,16 @@ pub fn seek_range(start: usize, end: Option<usize>, len: usize) -> Result<(usize
     Ok((start, clamped))
 }
 
+/// The body length a response announces in its `Content-Length`, if it
+/// announces a valid one: lets a tier refuse (or route) a body it cannot hold
+/// before a byte of it is written.
+pub fn announced_body_len(meta: &pingora_cache::CacheMeta) -> Option<u64> {
+    meta.headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Serves a complete in-memory body, with range seeks.
 ///
 /// The body is one [`Bytes`] or a list of chunks ([`BodyHitHandler::from_chunks`]).
@@ -195,6 +205,16 @@ mod tests {
             .build()
             .expect("runtime")
             .block_on(f)
+    }
+
+    #[test]
+    fn announced_length_is_read_only_when_valid() {
+        let meta = |v: &str| crate::testing::meta_with_header("content-length", v);
+        assert_eq!(announced_body_len(&meta("1048576")), Some(1 << 20));
+        assert_eq!(announced_body_len(&meta("-1")), None);
+        assert_eq!(announced_body_len(&meta("ten")), None);
+        let none = crate::testing::meta_with_header("x-other", "5");
+        assert_eq!(announced_body_len(&none), None);
     }
 
     fn read_all(hit: &mut BodyHitHandler) -> Vec<u8> {

@@ -64,7 +64,7 @@ mod stats;
 pub mod testing;
 mod tier;
 
-pub use body::{seek_range, BodyHitHandler};
+pub use body::{announced_body_len, seek_range, BodyHitHandler};
 pub use plain::PlainTier;
 pub use stats::{StatsCounters, TierStats};
 pub use tier::{Capabilities, EvictedEntry, EvictionListener, Tier};

@@ -1,8 +1,9 @@
 //! Helpers for tests, examples and benchmarks: building a [`CacheMeta`]
-//! without a real HTTP response.
+//! without a real HTTP response, and reading a hit's whole body.
 
 use std::time::{Duration, SystemTime};
 
+use pingora_cache::storage::HitHandler;
 use pingora_cache::CacheMeta;
 use pingora_http::ResponseHeader;
 
@@ -24,4 +25,14 @@ pub fn meta_fresh_for(ttl: Duration, headers: &[(&'static str, &str)]) -> CacheM
             .expect("test header value is valid");
     }
     CacheMeta::new(now + ttl, now, 60, 120, header)
+}
+
+/// Read what is left of `hit`'s body into one buffer; the first read error
+/// ends it.
+pub async fn read_body(hit: &mut HitHandler) -> pingora_error::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(chunk) = hit.read_body().await? {
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }

@@ -129,7 +129,7 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
         let weight = hit.get_eviction_weight() as u64;
         let size_hint = (weight > 0)
             .then_some(weight)
-            .or_else(|| content_length(meta));
+            .or_else(|| tier_core::announced_body_len(meta));
         let slot = entry_hash64(&key.to_compact());
         let permit = match self.shared.admission.admit_promotion(slot, size_hint) {
             Ok(permit) => permit,
@@ -233,13 +233,6 @@ fn exact_target(target: PurgeTarget<'_>) -> Option<(CacheEntryKey, TierBit)> {
         let (id, bit) = untag_id(id);
         (CacheEntryKey::identified(entry.key().clone(), id), bit)
     })
-}
-
-fn content_length(meta: &CacheMeta) -> Option<u64> {
-    meta.headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Combine two tiers' purge outcomes into the hybrid's.
@@ -425,7 +418,7 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         // filling request among them) follow a write that can finish.
         let hot_limit = self.hot.capabilities().max_object_bytes;
         let too_big_for_hot = matches!(
-            (content_length(meta), hot_limit),
+            (tier_core::announced_body_len(meta), hot_limit),
             (Some(len), Some(limit)) if len > limit as u64
         );
         let hot = if too_big_for_hot {

@@ -383,18 +383,13 @@ impl Storage for RedisStorage {
     ) -> Result<MissHandler> {
         let compact = key.to_compact();
         let config = &self.remote.config;
-        if let Some(len) = meta
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            if len > config.max_object_bytes {
+        if let Some(len) = tier_core::announced_body_len(meta) {
+            if len > config.max_object_bytes as u64 {
                 self.remote.counters.record_rejection();
                 return Err(object_too_large(
                     self.remote.name(),
                     config.max_object_bytes,
-                    len,
+                    usize::try_from(len).unwrap_or(usize::MAX),
                 ));
             }
         }
