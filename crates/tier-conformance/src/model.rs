@@ -169,11 +169,9 @@ fn fail(step: usize, op: &Op, why: impl std::fmt::Display) -> TestCaseError {
 }
 
 async fn read(hit: &mut pingora_cache::storage::HitHandler) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    while let Some(chunk) = hit.read_body().await.map_err(|e| e.to_string())? {
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
+    tier_core::testing::read_body(hit)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn sequence(setup: &ModelSetup, ops: &[Op]) -> Result<u64, TestCaseError> {

@@ -55,11 +55,10 @@ async fn get(disk: &'static DiskStorage, name: &str) -> Result<Option<Vec<u8>>, 
     else {
         return Ok(None);
     };
-    let mut out = Vec::new();
-    while let Some(chunk) = hit.read_body().await.map_err(|e| e.to_string())? {
-        out.extend_from_slice(&chunk);
-    }
-    Ok(Some(out))
+    tier_core::testing::read_body(&mut hit)
+        .await
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 fn entry_path(dir: &Path, name: &str) -> PathBuf {

@@ -76,11 +76,7 @@ async fn put(storage: &'static (dyn Storage + Sync), name: &str, chunks: &[&[u8]
 }
 
 async fn read_all(hit: &mut HitHandler) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(chunk) = hit.read_body().await.expect("read") {
-        out.extend_from_slice(&chunk);
-    }
-    out
+    tier_core::testing::read_body(hit).await.expect("read")
 }
 
 async fn get(storage: &'static (dyn Storage + Sync), name: &str) -> Option<Vec<u8>> {

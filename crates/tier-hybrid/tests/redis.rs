@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use pingora_cache::storage::{HitHandler, PurgeTarget, PurgeType, Storage};
+use pingora_cache::storage::{PurgeTarget, PurgeType, Storage};
 use pingora_cache::trace::{Span, SpanHandle};
 use pingora_cache::{CacheKey, CacheMeta};
+use tier_core::testing::read_body;
 use tier_disk::{DiskConfig, DiskStorage};
 use tier_hybrid::policy::{Policy, Promotion, WritePolicy};
 use tier_hybrid::HybridStorage;
@@ -29,14 +30,6 @@ fn meta(marker: &str) -> CacheMeta {
 
 fn config(server: &RedisServer) -> RedisConfig {
     RedisConfig::single(server.url()).chunk_bytes(16 << 10)
-}
-
-async fn read_all(hit: &mut HitHandler) -> pingora_error::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    while let Some(chunk) = hit.read_body().await? {
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
 
 /// Memory over (disk over Redis), in both write policies: every check passes
@@ -106,7 +99,7 @@ async fn a_hybrid_keeps_serving_its_memory_tier_while_redis_is_down() {
         .expect("lookup")
         .expect("hit");
     assert_eq!(
-        read_all(&mut hit).await.expect("read"),
+        read_body(&mut hit).await.expect("read"),
         b"cached before the outage"
     );
     assert!(hybrid
@@ -121,7 +114,7 @@ async fn a_hybrid_keeps_serving_its_memory_tier_while_redis_is_down() {
         .expect("lookup")
         .expect("hit");
     assert_eq!(
-        read_all(&mut hit).await.expect("read"),
+        read_body(&mut hit).await.expect("read"),
         b"cached during the outage"
     );
     let purge = hybrid

@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use pingora_cache::storage::{HitHandler, MissHandler, PurgeTarget, PurgeType, Storage};
+use pingora_cache::storage::{MissHandler, PurgeTarget, PurgeType, Storage};
 use pingora_cache::trace::{Span, SpanHandle};
 use pingora_cache::{CacheKey, CacheMeta};
 use tier_core::error::{OBJECT_TOO_LARGE, UNAVAILABLE};
 use tier_core::key::entry_file_name;
+use tier_core::testing::read_body;
 use tier_redis::server::{RedisCluster, RedisServer};
 use tier_redis::{RedisConfig, RedisStorage};
 
@@ -57,17 +58,9 @@ async fn put(storage: &'static RedisStorage, name: &str, meta: &CacheMeta, data:
     miss.finish().await.expect("finish");
 }
 
-async fn read_all(hit: &mut HitHandler) -> pingora_error::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    while let Some(chunk) = hit.read_body().await? {
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
-}
-
 async fn get(storage: &'static RedisStorage, name: &str) -> Option<Vec<u8>> {
     let (_, mut hit) = storage.lookup(&key(name), &span()).await.expect("lookup")?;
-    Some(read_all(&mut hit).await.expect("read"))
+    Some(read_body(&mut hit).await.expect("read"))
 }
 
 fn chunk_keys(server: &RedisServer, name: &str) -> Vec<String> {
@@ -288,7 +281,7 @@ async fn a_reader_of_a_replaced_entry_finishes_the_body_it_started() {
     let new = body(4 * CHUNK, 8);
     put(redis, "r", &meta("new"), &new).await;
     let mut got = first.to_vec();
-    got.extend(read_all(&mut hit).await.expect("rest of the old body"));
+    got.extend(read_body(&mut hit).await.expect("rest of the old body"));
     assert_eq!(got, old, "a reader mixed two writes");
     assert_eq!(get(redis, "r").await, Some(new));
 }
@@ -316,7 +309,7 @@ async fn concurrent_writers_and_readers_of_one_key_never_see_a_mixed_body() {
             {
                 // A replaced generation may be read to its end (grace TTL):
                 // whatever comes back is one whole body, never a mix.
-                let got = read_all(&mut hit).await.expect("read");
+                let got = read_body(&mut hit).await.expect("read");
                 assert!(
                     bodies.contains(&got),
                     "mixed or short body of {} bytes",
