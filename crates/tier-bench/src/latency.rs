@@ -17,6 +17,57 @@ use crate::report::{Row, Table};
 use crate::runner::{leak, populate, run_trace, DynStorage, Op};
 use crate::workload::{SizeClass, Workload};
 
+/// One storage of each kind, side by side: pingora's MemCache, the memory
+/// tier, the disk tier (buffered, no fsync) and the Redis tier on a local
+/// server (when redis-server starts). Keep it alive while measuring: it owns
+/// the disk tier's directory and the server.
+pub struct Lineup {
+    /// Each storage with its label, in that order.
+    pub storages: Vec<(&'static str, DynStorage)>,
+    _disk_dir: Option<tempfile::TempDir>,
+    _server: Option<RedisServer>,
+}
+
+impl Lineup {
+    /// The lineup, every tier accepting bodies up to `max_object_bytes`; the
+    /// disk tier lives under `dir`.
+    pub fn new(rt: &Runtime, dir: &Path, max_object_bytes: usize) -> Self {
+        let mut storages: Vec<(&'static str, DynStorage)> = vec![
+            ("pingora MemCache", leak(MemCache::new())),
+            (
+                "tier-memory",
+                leak(MemoryStorage::new(
+                    MemoryConfig::new(256 << 20).max_object_bytes(max_object_bytes),
+                )),
+            ),
+        ];
+        let disk_dir = tempfile::tempdir_in(dir).ok();
+        if let Some(disk_dir) = &disk_dir {
+            let config = DiskConfig::new(disk_dir.path(), 1 << 30)
+                .max_object_bytes(max_object_bytes as u64)
+                .durability(Durability::None);
+            if let Ok(disk) = rt.block_on(DiskStorage::open(config)) {
+                storages.push(("tier-disk (page cache warm)", disk.leak()));
+            }
+        }
+        let server = RedisServer::start().ok();
+        if let Some(server) = &server {
+            let config = RedisConfig::single(server.url())
+                .max_object_bytes(max_object_bytes)
+                .timeout(Duration::from_secs(5));
+            storages.push((
+                "tier-redis (local server, unix socket)",
+                RedisStorage::new(config).leak(),
+            ));
+        }
+        Lineup {
+            storages,
+            _disk_dir: disk_dir,
+            _server: server,
+        }
+    }
+}
+
 /// The latency section; the disk tier lives under `dir`.
 pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
     let n_keys: u64 = if quick { 2_000 } else { 10_000 };
@@ -30,39 +81,18 @@ pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
     let hits = Arc::new(workload.trace(n_ops));
     // Keys past the populated ones: every lookup misses.
     let misses = Arc::new((n_keys..n_keys + n_ops as u64).collect::<Vec<u64>>());
-    let mut storages: Vec<(String, DynStorage)> = vec![
-        ("pingora MemCache".into(), leak(MemCache::new())),
-        (
-            "tier-memory".into(),
-            leak(MemoryStorage::new(MemoryConfig::new(256 << 20))),
-        ),
-    ];
-    let disk_dir = tempfile::tempdir_in(dir).ok();
-    if let Some(disk_dir) = &disk_dir {
-        let config = DiskConfig::new(disk_dir.path(), 1 << 30).durability(Durability::None);
-        if let Ok(disk) = rt.block_on(DiskStorage::open(config)) {
-            storages.push(("tier-disk (page cache warm)".into(), disk.leak()));
-        }
-    }
-    let server = RedisServer::start().ok();
-    if let Some(server) = &server {
-        let config = RedisConfig::single(server.url()).timeout(Duration::from_secs(5));
-        storages.push((
-            "tier-redis (local server, unix socket)".into(),
-            RedisStorage::new(config).leak(),
-        ));
-    }
+    let lineup = Lineup::new(rt, dir, 64 << 10);
     let (mut hit_rows, mut miss_rows) = (Vec::new(), Vec::new());
-    for (name, storage) in storages {
+    for &(name, storage) in &lineup.storages {
         populate(rt, storage, &workload, 4);
         let hit = run_trace(rt, storage, &workload, hits.clone(), 1, Op::Read);
         let miss = run_trace(rt, storage, &workload, misses.clone(), 1, Op::Read);
         hit_rows.push(Row {
-            storage: name.clone(),
+            storage: name.into(),
             m: hit,
         });
         miss_rows.push(Row {
-            storage: name,
+            storage: name.into(),
             m: miss,
         });
     }

@@ -148,11 +148,7 @@ fn plain_gets(
     let mut total = Measurement::empty();
     for handle in handles {
         if let Ok(m) = rt.block_on(handle) {
-            total.ops += m.ops;
-            total.bytes += m.bytes;
-            total.misses += m.misses;
-            total.errors += m.errors;
-            let _ = total.latency_ns.add(&m.latency_ns);
+            total.absorb(&m);
         }
     }
     total.elapsed = started.elapsed();

@@ -47,6 +47,19 @@ impl Measurement {
         }
     }
 
+    /// Add another task's counts and latencies to these (not its elapsed
+    /// time: tasks run side by side, so the caller times the whole run).
+    pub fn absorb(&mut self, other: &Measurement) {
+        self.ops += other.ops;
+        self.bytes += other.bytes;
+        self.misses += other.misses;
+        self.corrupt += other.corrupt;
+        self.errors += other.errors;
+        self.latency_ns
+            .add(&other.latency_ns)
+            .expect("every histogram has the same bounds");
+    }
+
     /// Operations per second.
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -187,15 +200,7 @@ pub fn run_trace(
     let mut total = Measurement::empty();
     for handle in handles {
         let m = rt.block_on(handle).expect("benchmark task does not panic");
-        total.ops += m.ops;
-        total.bytes += m.bytes;
-        total.misses += m.misses;
-        total.corrupt += m.corrupt;
-        total.errors += m.errors;
-        total
-            .latency_ns
-            .add(&m.latency_ns)
-            .expect("same histogram bounds");
+        total.absorb(&m);
     }
     total.elapsed = started.elapsed();
     total

@@ -7,14 +7,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pingora_cache::trace::Span;
-use pingora_cache::MemCache;
-use tier_disk::{DiskConfig, DiskStorage, Durability};
-use tier_memory::{MemoryConfig, MemoryStorage};
-use tier_redis::server::RedisServer;
-use tier_redis::{RedisConfig, RedisStorage};
 use tokio::runtime::Runtime;
 
-use crate::runner::{bench_meta, insert, leak, DynStorage};
+use crate::latency::Lineup;
+use crate::runner::{bench_meta, insert, DynStorage};
 use crate::workload::{Expected, SizeClass, Workload};
 
 const BODY: usize = 8 << 20;
@@ -75,6 +71,17 @@ async fn read_all(storage: DynStorage, workload: &Workload, keys: u64, reads: us
     out
 }
 
+/// How each storage of the lineup serves a large body.
+fn note(name: &str) -> &'static str {
+    match name.split(' ').next() {
+        Some("pingora") => "one whole body in memory",
+        Some("tier-memory") => "chunks as written, zero-copy",
+        Some("tier-disk") => "runs of blocks, each checked",
+        Some("tier-redis") => "256 KiB chunks, one GET each",
+        _ => "",
+    }
+}
+
 /// The TTFB section; the disk tier lives under `dir`.
 pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
     let keys = 8u64;
@@ -105,48 +112,11 @@ pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
             }
         })
     };
-    let mut storages: Vec<(String, DynStorage, &str)> = vec![
-        (
-            "pingora MemCache".into(),
-            leak(MemCache::new()) as DynStorage,
-            "one whole body in memory",
-        ),
-        (
-            "tier-memory".into(),
-            leak(MemoryStorage::new(
-                MemoryConfig::new(256 << 20).max_object_bytes(16 << 20),
-            )) as DynStorage,
-            "chunks as written, zero-copy",
-        ),
-    ];
-    let disk_dir = tempfile::tempdir_in(dir).ok();
-    if let Some(disk_dir) = &disk_dir {
-        let config = DiskConfig::new(disk_dir.path(), 1 << 30)
-            .max_object_bytes(16 << 20)
-            .durability(Durability::None);
-        if let Ok(disk) = rt.block_on(DiskStorage::open(config)) {
-            storages.push((
-                "tier-disk".into(),
-                disk.leak(),
-                "runs of blocks, each checked",
-            ));
-        }
-    }
-    let server = RedisServer::start().ok();
-    if let Some(server) = &server {
-        let config = RedisConfig::single(server.url())
-            .max_object_bytes(16 << 20)
-            .timeout(Duration::from_secs(5));
-        storages.push((
-            "tier-redis".into(),
-            RedisStorage::new(config).leak(),
-            "256 KiB chunks, one GET each",
-        ));
-    }
-    for (name, storage, note) in storages {
+    let lineup = Lineup::new(rt, dir, 16 << 20);
+    for &(name, storage) in &lineup.storages {
         fill(storage);
         let measured = rt.block_on(read_all(storage, &workload, keys, reads));
-        out.push_str(&measured.row(&name, note));
+        out.push_str(&measured.row(name, note(name)));
     }
     #[cfg(feature = "peers")]
     out.push_str(&foyer_row(rt, dir, &workload, keys, reads));
