@@ -10,8 +10,8 @@ use bytes::Bytes;
 use pingora_cache::eviction::CacheEntryId;
 use pingora_cache::key::CompactCacheKey;
 use pingora_cache::storage::{
-    HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
-    Storage,
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType, Storage,
 };
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheKey, CacheMeta};
@@ -102,6 +102,20 @@ impl<S: Storage + Send + Sync + 'static> PlainTier<S> {
         }
     }
 
+    /// Hits of a storage not declared to seek say they cannot, whatever the
+    /// storage's own handler says: pingora then serves ranges by slicing the
+    /// whole body, instead of trusting a seek that may be wrong (`MemCache`'s
+    /// `seek(start, None)` keeps an earlier end).
+    fn gate_seek(
+        &self,
+        found: Result<Option<(CacheMeta, HitHandler)>>,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        if self.capabilities().seek {
+            return found;
+        }
+        Ok(found?.map(|(meta, hit)| (meta, Box::new(NoSeekHit(hit)) as HitHandler)))
+    }
+
     fn count_error<T>(&self, result: Result<T>) -> Result<T> {
         if result.is_err() {
             self.counters.record_error();
@@ -119,7 +133,7 @@ impl<S: Storage + Send + Sync + 'static> Storage for PlainTier<S> {
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let found = self.inner.lookup(key, trace).await;
         self.count_lookup(&found);
-        found
+        self.gate_seek(found)
     }
 
     async fn lookup_streaming_write(
@@ -133,7 +147,7 @@ impl<S: Storage + Send + Sync + 'static> Storage for PlainTier<S> {
             .lookup_streaming_write(key, streaming_write_tag, trace)
             .await;
         self.count_lookup(&found);
-        found
+        self.gate_seek(found)
     }
 
     async fn get_miss_handler(
@@ -223,6 +237,69 @@ impl<S: Storage + Send + Sync + 'static> Tier for PlainTier<S> {
     fn stats(&self) -> TierStats {
         self.counters.snapshot()
     }
+}
+
+/// A hit of a storage that is not declared to seek: it says so, and refuses
+/// seeks.
+struct NoSeekHit(HitHandler);
+
+#[async_trait]
+impl HandleHit for NoSeekHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        self.0.read_body().await
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        storage: &'static (dyn Storage + Sync),
+        key: &CacheKey,
+        trace: &SpanHandle,
+    ) -> Result<()> {
+        self.0.finish(storage, key, trace).await
+    }
+
+    fn can_seek(&self) -> bool {
+        false
+    }
+
+    fn can_seek_multipart(&self) -> bool {
+        false
+    }
+
+    fn seek(&mut self, _start: usize, _end: Option<usize>) -> Result<()> {
+        Err(no_seek())
+    }
+
+    fn seek_multipart(&mut self, _start: usize, _end: Option<usize>) -> Result<()> {
+        Err(no_seek())
+    }
+
+    fn should_count_access(&self) -> bool {
+        self.0.should_count_access()
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.0.get_eviction_weight()
+    }
+
+    fn entry_id(&self) -> Option<CacheEntryId> {
+        self.0.entry_id()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+fn no_seek() -> pingora_error::BError {
+    pingora_error::Error::explain(
+        pingora_error::ErrorType::InternalError,
+        "this tier is not declared to seek (PlainTier capabilities)",
+    )
 }
 
 /// Counts an insert when the wrapped miss handler finishes, and drops a write
@@ -339,6 +416,34 @@ mod tests {
         let declared = PlainTier::new("m", MemCache::new()).with_capabilities(Capabilities::all());
         assert_eq!(declared.capabilities(), Capabilities::all());
         assert!(!declared.set_eviction_listener(std::sync::Arc::new(NoopListener)));
+    }
+
+    #[tokio::test]
+    async fn hits_of_a_tier_not_declared_to_seek_refuse_seeks() {
+        static UNDECLARED: LazyLock<PlainTier<MemCache>> =
+            LazyLock::new(|| PlainTier::new("memcache", MemCache::new()));
+        let span = Span::inactive().handle();
+        let key = CacheKey::new("plain-seek", "");
+        let meta = meta_with_header("x-test", "3");
+        let mut miss = UNDECLARED
+            .get_miss_handler(&key, &meta, &span)
+            .await
+            .expect("miss");
+        miss.write_body(Bytes::from_static(b"0123456789"), true)
+            .await
+            .expect("write");
+        miss.finish().await.expect("finish");
+        let (_, mut hit) = UNDECLARED
+            .lookup(&key, &span)
+            .await
+            .expect("lookup")
+            .expect("hit");
+        assert!(!hit.can_seek() && !hit.can_seek_multipart());
+        assert!(hit.seek(2, Some(4)).is_err());
+        assert_eq!(
+            crate::testing::read_body(&mut hit).await.expect("read"),
+            b"0123456789"
+        );
     }
 
     struct NoopListener;

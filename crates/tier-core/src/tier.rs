@@ -79,8 +79,16 @@ impl fmt::Debug for EvictedEntry {
 /// Receives entries a tier evicts on its own (for example the hybrid's demotion).
 ///
 /// `on_evict` runs on the evicting thread, often while a request is waiting for
-/// room: it must not block or await. Hand the entry to a bounded queue or a
-/// bounded task pool, and drop it when there is no room.
+/// room: it must not block or await, nor call back into the tier. Hand the
+/// entry to a bounded queue or a bounded task pool, and drop it when there is
+/// no room.
+///
+/// A tier calls `on_evict` before any other operation on the evicted key in
+/// that tier (a lookup, purge, expiry, meta update or write's `finish`) can
+/// find the entry gone: in practice, while the lock that orders operations on
+/// the key is still held. The hybrid relies on this to order a demotion with
+/// a purge that arrives just after the eviction: without it, the purge could
+/// find nothing in either tier and the demotion then publish what was purged.
 pub trait EvictionListener: Send + Sync + 'static {
     /// Called once for each entry the tier evicts to stay within its bounds.
     fn on_evict(&self, entry: EvictedEntry);
@@ -129,7 +137,8 @@ pub trait Tier: Storage + Send + Sync + 'static {
         Ok(found.filter(|(_, hit)| entry_id.is_none() || hit.entry_id() == entry_id))
     }
 
-    /// Register the listener that receives entries this tier evicts on its own.
+    /// Register the listener that receives entries this tier evicts on its own,
+    /// keeping the ordering contract of [`EvictionListener`].
     ///
     /// Returns `false` when the tier cannot report evictions (the default), in
     /// which case the listener is dropped. A later call replaces the listener.

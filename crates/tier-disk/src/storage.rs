@@ -63,8 +63,8 @@ impl std::fmt::Debug for DiskStorage {
     }
 }
 
-/// An entry the tier evicted, with its file still open for a listener.
-type Evicted = (IndexEntry, Option<File>);
+/// What an eviction hands its evicted entry and open file to.
+type OnEvict<'a> = dyn FnMut(&IndexEntry, File) + 'a;
 
 impl DiskStorage {
     /// Open (or create) the cache in `config.dir()`, rebuilding the index from
@@ -136,7 +136,7 @@ impl DiskStorage {
         storage.index.set_clock_after(max_seq);
         // A smaller capacity than last time: evict the coldest down to it.
         while storage.index.used() > storage.config.capacity_bytes {
-            if storage.evict_one().is_none() {
+            if !storage.evict_entry(None) {
                 break;
             }
         }
@@ -271,73 +271,89 @@ impl DiskStorage {
     /// Charge `bytes`, evicting least recently used entries until they fit.
     /// Blocking: eviction removes files.
     pub(crate) fn reserve(&'static self, bytes: u64) -> Result<()> {
-        let mut evicted = Vec::new();
-        let result = loop {
+        loop {
             if self.index.try_charge(bytes, self.config.capacity_bytes) {
-                break Ok(());
+                return Ok(());
             }
-            match self.evict_one() {
-                Some(entry) => evicted.push(entry),
-                None => {
-                    self.counters.record_rejection();
-                    break Err(Error::explain(
-                        ErrorType::Custom("TierFull"),
-                        format!(
-                            "{}: cannot fit {bytes} more bytes in {}: the rest is held by writes in progress",
-                            self.name, self.config.capacity_bytes
-                        ),
-                    ));
-                }
+            if !self.evict_one() {
+                self.counters.record_rejection();
+                return Err(Error::explain(
+                    ErrorType::Custom("TierFull"),
+                    format!(
+                        "{}: cannot fit {bytes} more bytes in {}: the rest is held by writes in progress",
+                        self.name, self.config.capacity_bytes
+                    ),
+                ));
             }
-        };
-        self.notify_evicted(evicted);
-        result
+        }
     }
 
-    /// Remove the least recently used entry. Blocking.
-    fn evict_one(&self) -> Option<Evicted> {
-        let (mut shard, slot) = self.index.lock_oldest()?;
-        let entry = shard.remove(slot)?;
+    /// Remove the least recently used entry, handing it to the listener if
+    /// there is one; `false` when there is none. Blocking.
+    fn evict_one(&'static self) -> bool {
+        match self.listener.read().clone() {
+            Some(listener) => self.evict_entry(Some(&mut |entry, file| {
+                self.notify_evicted(listener.as_ref(), entry, file)
+            })),
+            None => self.evict_entry(None),
+        }
+    }
+
+    /// Remove the least recently used entry; `false` when there is none.
+    /// Blocking. `on_evict` gets the entry and its open file while the key's
+    /// index shard is still locked, so no other operation on the key can
+    /// find it gone first (the eviction listener's contract).
+    fn evict_entry(&self, on_evict: Option<&mut OnEvict<'_>>) -> bool {
+        let Some((mut shard, slot)) = self.index.lock_oldest() else {
+            return false;
+        };
+        let Some(entry) = shard.remove(slot) else {
+            return false;
+        };
         let path = self.entry_path(&entry.key);
-        let keep_open = self.listener.read().is_some();
-        let file = keep_open.then(|| fsio::open_read(&path).ok()).flatten();
+        let file = on_evict
+            .is_some()
+            .then(|| fsio::open_read(&path).ok())
+            .flatten();
         if let Err(e) = std::fs::remove_file(&path) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(tier = %self.name, path = %path.display(), error = %e, "evicted file not removed");
             }
         }
+        if let (Some(on_evict), Some(file)) = (on_evict, file) {
+            on_evict(&entry, file);
+        }
         drop(shard);
         self.index.release(entry.file_len);
         self.counters.remove_entry(entry.file_len);
         self.counters.record_eviction();
-        Some((entry, file))
+        true
     }
 
-    fn notify_evicted(&'static self, evicted: Vec<Evicted>) {
-        if evicted.is_empty() {
-            return;
-        }
-        let Some(listener) = self.listener.read().clone() else {
+    fn notify_evicted(
+        &'static self,
+        listener: &dyn EvictionListener,
+        entry: &IndexEntry,
+        file: File,
+    ) {
+        let Ok(header) = read_header(&file) else {
             return;
         };
-        let this = self;
-        for (entry, file) in evicted {
-            let Some(file) = file else { continue };
-            let Ok(header) = read_header(&file) else {
-                continue;
-            };
-            let Ok(meta) = header_meta(&header) else {
-                continue;
-            };
-            listener.on_evict(EvictedEntry {
-                key: entry.key.clone(),
-                entry_id: Some(CacheEntryId::new(entry.id)),
-                meta,
-                body: Box::new(DiskHitHandler::complete(
-                    this, file, entry.key, &header, None,
-                )),
-            });
-        }
+        let Ok(meta) = header_meta(&header) else {
+            return;
+        };
+        listener.on_evict(EvictedEntry {
+            key: entry.key.clone(),
+            entry_id: Some(CacheEntryId::new(entry.id)),
+            meta,
+            body: Box::new(DiskHitHandler::complete(
+                self,
+                file,
+                entry.key.clone(),
+                &header,
+                None,
+            )),
+        });
     }
 
     pub(crate) fn register_write(&self, slot: u64, inflight: Arc<Inflight>) {

@@ -13,8 +13,10 @@ use pingora_error::Result;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::ids::{tag_id, TierBit};
-use crate::moves::{CleanSet, MoveGuard};
-use crate::stats::{incr, Counters};
+use crate::moves::MoveTicket;
+use crate::policy::Pause;
+use crate::stats::incr;
+use crate::storage::Shared;
 
 /// A tier's hit, reporting the hybrid's entry id (the tier's id with the
 /// tier in its lowest bit).
@@ -26,16 +28,18 @@ pub(crate) struct TaggedHit {
 }
 
 /// A promotion riding on a cold hit.
+///
+/// Field order matters: the hot write is dropped (discarded by the hot tier)
+/// before the ticket, which until then keeps hot hits of the write from
+/// being handed to readers.
 pub(crate) struct Promotion {
     pub(crate) hot_miss: MissHandler,
-    pub(crate) guard: MoveGuard,
+    pub(crate) ticket: MoveTicket,
     pub(crate) _permit: OwnedSemaphorePermit,
-    pub(crate) ceiling: u64,
     pub(crate) copied: u64,
-    pub(crate) counters: Arc<Counters>,
-    /// Where to record that the promoted copy is clean (equals its cold
-    /// copy), and the key's slot.
-    pub(crate) clean: (Arc<CleanSet>, u64),
+    pub(crate) shared: Arc<Shared>,
+    /// The key's slot.
+    pub(crate) slot: u64,
 }
 
 impl TaggedHit {
@@ -50,8 +54,46 @@ impl TaggedHit {
     /// Stop copying: the partial copy is dropped, so the hot tier discards it.
     fn abandon(&mut self) {
         if let Some(promotion) = self.promotion.take() {
-            incr(&promotion.counters.promotion_skips);
+            incr(&promotion.shared.counters.promotion_skips);
         }
+    }
+}
+
+impl Promotion {
+    /// The whole body was copied: publish it in the hot tier, unless the key
+    /// changed since the cold hit was read.
+    async fn publish(self) {
+        let Promotion {
+            mut hot_miss,
+            ticket,
+            shared,
+            slot,
+            ..
+        } = self;
+        let hot_id = hot_miss.entry_id();
+        let published = match hot_miss.write_body(Bytes::new(), true).await {
+            Ok(()) => {
+                shared.admission.pause(Pause::Publish).await;
+                let finish = async {
+                    let done = hot_miss.finish().await?;
+                    // Recorded in the key's exclusive section, so a change
+                    // that forgets it cannot come in between.
+                    if let Some(id) = hot_id {
+                        shared.clean.mark(slot, id.get());
+                    }
+                    Ok(done)
+                };
+                ticket.publish(finish).await.unwrap_or(false)
+            }
+            Err(_) => false,
+        };
+        tracing::debug!(published, "promotion into the hot tier ended");
+        incr(if published {
+            &shared.counters.promotions
+        } else {
+            &shared.counters.promotion_skips
+        });
+        drop(ticket);
     }
 }
 
@@ -71,8 +113,9 @@ impl HandleHit for TaggedHit {
         match &chunk {
             Some(bytes) => {
                 promotion.copied += bytes.len() as u64;
-                let over = promotion.copied > promotion.ceiling;
+                let over = promotion.copied > promotion.shared.admission.policy().promote_ceiling();
                 if over
+                    || promotion.ticket.is_stale()
                     || promotion
                         .hot_miss
                         .write_body(bytes.clone(), false)
@@ -84,27 +127,7 @@ impl HandleHit for TaggedHit {
             }
             None => {
                 if let Some(promotion) = self.promotion.take() {
-                    let Promotion {
-                        mut hot_miss,
-                        guard,
-                        counters,
-                        clean,
-                        ..
-                    } = promotion;
-                    let hot_id = hot_miss.entry_id();
-                    let published = hot_miss.write_body(Bytes::new(), true).await.is_ok()
-                        && guard.try_finish()
-                        && hot_miss.finish().await.is_ok();
-                    if let (true, (set, slot), Some(id)) = (published, clean, hot_id) {
-                        set.mark(slot, id.get());
-                    }
-                    tracing::debug!(published, "promotion into the hot tier ended");
-                    incr(if published {
-                        &counters.promotions
-                    } else {
-                        &counters.promotion_skips
-                    });
-                    drop(guard);
+                    promotion.publish().await;
                 }
             }
         }
@@ -119,7 +142,7 @@ impl HandleHit for TaggedHit {
     ) -> Result<()> {
         let this = *self;
         if let Some(promotion) = this.promotion {
-            incr(&promotion.counters.promotion_skips);
+            incr(&promotion.shared.counters.promotion_skips);
         }
         this.inner.finish(storage, key, trace).await
     }

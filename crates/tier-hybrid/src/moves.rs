@@ -1,72 +1,171 @@
-//! Moves in flight (promotions and demotions), so that a purge, an expiry, a
-//! meta update or a new write of a key cancels them instead of being undone
-//! by them.
+//! Per-key order between moves (promotions, demotions) and everything else
+//! that changes a key (a write's `finish`, a purge, an expiry, a meta
+//! update): the hybrid's first invariant lives here.
 //!
-//! A move publishes only through [`MoveGuard::try_finish`], which marks it
-//! finishing and then checks for a cancel; [`Moves::cancel`] marks the cancel
-//! and then waits for a move that was already finishing. Both use sequentially
-//! consistent atomics, so at least one of them sees the other: either the
-//! move gives up, or the canceller waits for it and then removes what it
-//! published.
+//! Every change of a key runs under that key's [`Exclusive`] section, which
+//! bumps the key's generation when it starts. A move takes a [`MoveTicket`]
+//! *before* it reads its source, recording the generation, and publishes
+//! only through [`MoveTicket::publish`], which enters the same exclusive
+//! section and checks, there, that the generation is unchanged. So a move
+//! publishes only if nothing changed the key since it read its source, and
+//! no change can run while it publishes:
+//!
+//! - a change that ended before the ticket was taken is already in the
+//!   tiers when the move reads its source;
+//! - a change in progress when the ticket is asked for refuses the ticket;
+//! - a change that starts after the ticket bumps the generation, so the
+//!   publish is refused, or waits for a publish already under way and then
+//!   acts on what it published.
+//!
+//! For a demotion the "read" is the hot tier's eviction, which happens inside
+//! the hot tier: tiers call [`tier_core::EvictionListener::on_evict`] before
+//! another operation on that key can see the entry gone, and the listener
+//! takes its ticket there.
+//!
+//! State is kept only for keys with a move or a change in flight, so it is
+//! bounded by the work in flight, not by the number of keys.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedMutexGuard};
 
-// Phase 0 (the default) is running.
-const FINISHING: u8 = 1;
-const DONE: u8 = 2;
+const SHARDS: usize = 64;
+const PROMOTING_BITS: usize = 4096;
 
+/// One key's order: the exclusive section and the generation it bumps.
 #[derive(Debug, Default)]
-struct MoveState {
-    cancelled: AtomicBool,
-    phase: AtomicU8,
-    done: Notify,
+struct Cell {
+    exclusive: Arc<tokio::sync::Mutex<()>>,
+    state: Mutex<State>,
 }
 
-/// The registry of moves in flight, one per key slot at most.
 #[derive(Debug, Default)]
+struct State {
+    /// Bumped by every change of the key.
+    generation: u64,
+    /// A move of this key holds a ticket (one move per key at most).
+    moving: bool,
+    /// A promotion is writing into the hot tier: `Some(None)` until its
+    /// write has an id (or when the hot tier assigns none).
+    promoting: Option<Option<u64>>,
+}
+
+/// Cells of keys with work in flight, by slot.
+type Shard = Mutex<HashMap<u64, Arc<Cell>>>;
+
+/// The registry of keys with work in flight.
+#[derive(Debug)]
 pub(crate) struct Moves {
-    map: Mutex<HashMap<u64, Arc<MoveState>>>,
+    shards: Box<[Shard]>,
+    /// Moves holding a ticket now.
+    in_flight: AtomicU32,
+    /// Promotions writing into the hot tier now.
+    n_promoting: AtomicU32,
     idle: Notify,
+    /// Counts of promotions in flight by slot bucket, read on every hot hit
+    /// (one relaxed load) so the hit path only looks further when one may
+    /// be promoting this key.
+    promoting: Box<[AtomicU32]>,
+}
+
+impl Default for Moves {
+    fn default() -> Self {
+        Moves {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            in_flight: AtomicU32::new(0),
+            n_promoting: AtomicU32::new(0),
+            idle: Notify::new(),
+            promoting: (0..PROMOTING_BITS).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
 }
 
 impl Moves {
-    /// Register a move of `slot`, unless one is already in flight.
-    pub(crate) fn begin(self: &Arc<Self>, slot: u64) -> Option<MoveGuard> {
-        let mut map = self.map.lock();
-        if map.contains_key(&slot) {
-            return None;
-        }
-        let state = Arc::new(MoveState::default());
-        map.insert(slot, state.clone());
-        Some(MoveGuard {
+    fn shard(&self, slot: u64) -> &Shard {
+        &self.shards[(slot >> 58) as usize % SHARDS]
+    }
+
+    fn cell(self: &Arc<Self>, slot: u64) -> CellRef {
+        let cell = self.shard(slot).lock().entry(slot).or_default().clone();
+        CellRef {
             moves: self.clone(),
             slot,
-            state,
+            cell,
+        }
+    }
+
+    /// Enter `slot`'s exclusive section for a change of the key: waits for a
+    /// move that is publishing, and makes every move that read its source
+    /// before now refuse to publish.
+    pub(crate) async fn exclusive(self: &Arc<Self>, slot: u64) -> Exclusive {
+        let cell = self.cell(slot);
+        let lock = cell.cell.exclusive.clone().lock_owned().await;
+        cell.cell.state.lock().generation += 1;
+        Exclusive { _lock: lock, cell }
+    }
+
+    /// A ticket for a move of `slot` that is about to read its source;
+    /// `None` when the key is being changed or another move of it holds one.
+    pub(crate) fn ticket(self: &Arc<Self>, slot: u64) -> Option<MoveTicket> {
+        let cell = self.cell(slot);
+        // A change in progress holds the section: its result is not in the
+        // tiers yet, so nothing read now may be published. Holding it while
+        // the generation is read keeps a change from starting in between.
+        let section = cell.cell.exclusive.clone().try_lock_owned().ok()?;
+        let ticket = Self::ticket_in(cell);
+        drop(section);
+        ticket
+    }
+
+    fn ticket_in(cell: CellRef) -> Option<MoveTicket> {
+        let generation = {
+            let mut state = cell.cell.state.lock();
+            if state.moving {
+                return None;
+            }
+            state.moving = true;
+            state.generation
+        };
+        cell.moves.in_flight.fetch_add(1, Ordering::SeqCst);
+        Some(MoveTicket {
+            cell,
+            generation,
+            promotion: false,
         })
     }
 
-    /// Cancel the move of `slot`, if any; returns once it can no longer
-    /// publish anything the caller does not then see.
-    pub(crate) async fn cancel(&self, slot: u64) {
-        let state = self.map.lock().get(&slot).cloned();
-        let Some(state) = state else { return };
-        state.cancelled.store(true, Ordering::SeqCst);
-        let done = state.done.notified();
-        tokio::pin!(done);
-        done.as_mut().enable();
-        if state.phase.load(Ordering::SeqCst) == FINISHING {
-            done.await;
+    /// Whether any promotion is writing into the hot tier: one relaxed load,
+    /// so a hot hit pays for the key's slot only when one is.
+    pub(crate) fn any_promoting(&self) -> bool {
+        self.n_promoting.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether a hot hit of `slot` with `hot_id` is a promotion still being
+    /// written, which readers must not be handed.
+    pub(crate) fn is_promotion(&self, slot: u64, hot_id: Option<u64>) -> bool {
+        if self.promoting[slot as usize % PROMOTING_BITS].load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let shard = self.shard(slot).lock();
+        let Some(cell) = shard.get(&slot) else {
+            return false;
+        };
+        let promoting = cell.state.lock().promoting;
+        match promoting {
+            None => false,
+            // Without an id the hit cannot be told apart: skip it.
+            Some(None) => true,
+            Some(Some(id)) => hot_id.is_none_or(|hit| hit == id),
         }
     }
 
     /// How many moves are in flight.
     pub(crate) fn in_flight(&self) -> usize {
-        self.map.lock().len()
+        self.in_flight.load(Ordering::SeqCst) as usize
     }
 
     /// Wait until no move is in flight.
@@ -83,36 +182,106 @@ impl Moves {
     }
 }
 
-/// A move in flight; dropping it ends the move.
+/// A counted reference to a key's cell; the last one out removes the cell.
 #[derive(Debug)]
-pub(crate) struct MoveGuard {
+struct CellRef {
     moves: Arc<Moves>,
     slot: u64,
-    state: Arc<MoveState>,
+    cell: Arc<Cell>,
 }
 
-impl MoveGuard {
-    /// Enter the finishing phase; `false` if the move was cancelled and must
-    /// publish nothing.
-    pub(crate) fn try_finish(&self) -> bool {
-        self.state.phase.store(FINISHING, Ordering::SeqCst);
-        !self.state.cancelled.load(Ordering::SeqCst)
+impl Drop for CellRef {
+    fn drop(&mut self) {
+        let mut shard = self.moves.shard(self.slot).lock();
+        // The map's reference and ours: no one else uses the cell.
+        if Arc::strong_count(&self.cell) == 2 {
+            shard.remove(&self.slot);
+        }
     }
 }
 
-impl Drop for MoveGuard {
-    fn drop(&mut self) {
-        self.state.phase.store(DONE, Ordering::SeqCst);
-        self.state.done.notify_waiters();
-        let mut map = self.moves.map.lock();
-        if map
-            .get(&self.slot)
-            .is_some_and(|s| Arc::ptr_eq(s, &self.state))
-        {
-            map.remove(&self.slot);
+/// A change of one key in progress; dropping it ends the change.
+#[derive(Debug)]
+pub(crate) struct Exclusive {
+    // Field order: the lock is released before the cell reference is
+    // counted down, so the cell is never removed while held.
+    _lock: OwnedMutexGuard<()>,
+    cell: CellRef,
+}
+
+impl Exclusive {
+    /// A ticket for a move this change starts itself (the demotion of a
+    /// `purge(_, Eviction)`): it may publish only if nothing changes the key
+    /// after this change ends.
+    pub(crate) fn ticket(&self) -> Option<MoveTicket> {
+        Moves::ticket_in(CellRef {
+            moves: self.cell.moves.clone(),
+            slot: self.cell.slot,
+            cell: self.cell.cell.clone(),
+        })
+    }
+}
+
+/// A move in flight, holding the generation it read its source at; dropping
+/// it ends the move.
+#[derive(Debug)]
+pub(crate) struct MoveTicket {
+    cell: CellRef,
+    generation: u64,
+    promotion: bool,
+}
+
+impl MoveTicket {
+    /// Mark this move as a promotion writing into the hot tier, so hot hits
+    /// of its write are not handed to readers until it is published.
+    pub(crate) fn promoting(&mut self, hot_id: Option<u64>) {
+        if !self.promotion {
+            self.promotion = true;
+            self.cell.moves.n_promoting.fetch_add(1, Ordering::AcqRel);
+            self.cell.moves.promoting[self.cell.slot as usize % PROMOTING_BITS]
+                .fetch_add(1, Ordering::AcqRel);
         }
-        if map.is_empty() {
-            self.moves.idle.notify_waiters();
+        self.cell.cell.state.lock().promoting = Some(hot_id);
+    }
+
+    /// Publish with `finish`, in the key's exclusive section, if nothing
+    /// changed the key since this ticket was taken. `Ok(false)` when
+    /// something did and nothing was published.
+    pub(crate) async fn publish<F, T>(&self, finish: F) -> pingora_error::Result<bool>
+    where
+        F: Future<Output = pingora_error::Result<T>>,
+    {
+        let _section = self.cell.cell.exclusive.clone().lock_owned().await;
+        if self.cell.cell.state.lock().generation != self.generation {
+            return Ok(false);
+        }
+        finish.await?;
+        // Published: the hot copy is an ordinary entry now.
+        self.cell.cell.state.lock().promoting = None;
+        Ok(true)
+    }
+
+    /// Whether the key changed since this ticket was taken.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.cell.cell.state.lock().generation != self.generation
+    }
+}
+
+impl Drop for MoveTicket {
+    fn drop(&mut self) {
+        {
+            let mut state = self.cell.cell.state.lock();
+            state.moving = false;
+            state.promoting = None;
+        }
+        let moves = &self.cell.moves;
+        if self.promotion {
+            moves.n_promoting.fetch_sub(1, Ordering::AcqRel);
+            moves.promoting[self.cell.slot as usize % PROMOTING_BITS]
+                .fetch_sub(1, Ordering::AcqRel);
+        }
+        if moves.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            moves.idle.notify_waiters();
         }
     }
 }
@@ -122,34 +291,73 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn one_move_per_key_and_cancel_stops_publishing() {
+    async fn one_move_per_key_and_a_change_refuses_its_publish() {
         let moves = Arc::new(Moves::default());
-        let guard = moves.begin(1).expect("first move");
-        assert!(moves.begin(1).is_none(), "a second move of one key");
-        assert!(moves.begin(2).is_some());
-        moves.cancel(1).await;
-        assert!(!guard.try_finish(), "a cancelled move may not publish");
-        drop(guard);
-        assert!(moves.begin(1).is_some());
+        let ticket = moves.ticket(1).expect("first move");
+        assert!(moves.ticket(1).is_none(), "a second move of one key");
+        assert!(moves.ticket(2).is_some());
+        drop(moves.exclusive(1).await);
+        let published = ticket.publish(async { Ok(()) }).await.expect("publish");
+        assert!(
+            !published,
+            "a move that read before a change may not publish"
+        );
+        drop(ticket);
+        assert!(moves.ticket(1).is_some());
     }
 
     #[tokio::test]
-    async fn cancel_waits_for_a_finishing_move() {
+    async fn no_ticket_while_a_change_is_in_progress() {
         let moves = Arc::new(Moves::default());
-        let guard = moves.begin(9).expect("move");
-        assert!(guard.try_finish());
-        let canceller = {
+        let change = moves.exclusive(5).await;
+        assert!(moves.ticket(5).is_none());
+        let own = change.ticket().expect("the change's own move");
+        drop(change);
+        assert!(own.publish(async { Ok(()) }).await.expect("publish"));
+    }
+
+    #[tokio::test]
+    async fn a_change_waits_for_a_publish_under_way() {
+        let moves = Arc::new(Moves::default());
+        let ticket = moves.ticket(9).expect("move");
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let publisher = tokio::spawn(async move {
+            ticket
+                .publish(async {
+                    let _ = wait.await;
+                    Ok(())
+                })
+                .await
+        });
+        tokio::task::yield_now().await;
+        let changer = {
             let moves = moves.clone();
-            tokio::spawn(async move { moves.cancel(9).await })
+            tokio::spawn(async move { drop(moves.exclusive(9).await) })
         };
         tokio::task::yield_now().await;
-        assert!(
-            !canceller.is_finished(),
-            "cancel returned while the move was publishing"
-        );
-        drop(guard);
-        canceller.await.expect("cancel");
+        assert!(!changer.is_finished(), "a change ran during a publish");
+        let _ = release.send(());
+        assert!(publisher.await.expect("task").expect("publish"));
+        changer.await.expect("change");
         moves.wait_idle().await;
+        assert_eq!(
+            moves.shards.iter().map(|s| s.lock().len()).sum::<usize>(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn promotions_are_recognised_until_published() {
+        let moves = Arc::new(Moves::default());
+        let mut ticket = moves.ticket(3).expect("move");
+        assert!(!moves.is_promotion(3, Some(7)));
+        ticket.promoting(Some(7));
+        assert!(moves.is_promotion(3, Some(7)));
+        assert!(!moves.is_promotion(3, Some(8)), "another write of the key");
+        assert!(ticket.publish(async { Ok(()) }).await.expect("publish"));
+        assert!(!moves.is_promotion(3, Some(7)));
+        drop(ticket);
+        assert!(!moves.is_promotion(3, Some(7)));
     }
 }
 

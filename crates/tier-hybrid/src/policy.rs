@@ -4,10 +4,11 @@
 //!
 //! The rest of the crate asks this module and does what it says.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Where a miss is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -18,6 +19,19 @@ pub enum WritePolicy {
     /// The hot tier only; an entry reaches the cold tier when the hot tier
     /// evicts it (its own eviction, or pingora's eviction manager calling
     /// `purge(_, PurgeType::Eviction)`).
+    ///
+    /// Demotions wait for a move permit (see [`Policy::max_moves_in_flight`])
+    /// in a backlog of at most [`Policy::max_pending_demotions`] entries, each
+    /// holding its evicted body until it is copied. New writes wait while the
+    /// backlog is more than half full, so the hot tier's evictions slow
+    /// writers down instead of dropping entries. An eviction that still
+    /// finds the backlog full is shed (the entry is gone from both tiers) and
+    /// counted in `HybridStats::demotions_shed`; so is one whose key changed
+    /// (a purge, a newer write, a meta update) before it could publish, which
+    /// is counted in `demotion_skips` and is what the change asked for.
+    ///
+    /// A write's `finish` also removes the cold tier's copy of the key, which
+    /// holds an older generation once the new one is written.
     WriteBack,
 }
 
@@ -51,23 +65,57 @@ impl Default for Promotion {
 ///     .max_moves_in_flight(32);
 /// assert_eq!(policy.write_policy(), WritePolicy::WriteBack);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Policy {
     write: WritePolicy,
     promotion: Promotion,
     max_promote_bytes: u64,
     max_moves_in_flight: usize,
+    max_pending_demotions: usize,
+    pauses: Option<PauseHook>,
 }
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("write", &self.write)
+            .field("promotion", &self.promotion)
+            .field("max_promote_bytes", &self.max_promote_bytes)
+            .field("max_moves_in_flight", &self.max_moves_in_flight)
+            .field("max_pending_demotions", &self.max_pending_demotions)
+            .field("pauses", &self.pauses.is_some())
+            .finish()
+    }
+}
+
+/// Where the hybrid's background work can be made to wait, for tests that
+/// provoke races (see [`Policy::test_pauses`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// A demotion just after the hot tier handed over its evicted entry.
+    Listener,
+    /// A demotion just after it got its move permit.
+    Permit,
+    /// A move just before it publishes.
+    Publish,
+}
+
+/// A test's delay for each [`Pause`] point.
+#[doc(hidden)]
+pub type PauseHook = Arc<dyn Fn(Pause) -> Duration + Send + Sync>;
 
 impl Default for Policy {
     /// Write-through, promote on the second cold hit, bodies up to 16 MiB,
-    /// at most 64 moves at once.
+    /// at most 64 moves at once and 256 demotions waiting for one.
     fn default() -> Self {
         Policy {
             write: WritePolicy::default(),
             promotion: Promotion::default(),
             max_promote_bytes: 16 << 20,
             max_moves_in_flight: 64,
+            max_pending_demotions: 256,
+            pauses: None,
         }
     }
 }
@@ -91,10 +139,27 @@ impl Policy {
         self
     }
 
-    /// At most this many promotions and demotions at once; beyond that a move
-    /// is skipped and counted, never queued.
+    /// At most this many promotions and demotions copy at once. Beyond that
+    /// a promotion is skipped and counted (the next cold hit may promote);
+    /// a demotion waits in the backlog (see [`WritePolicy::WriteBack`]).
     pub fn max_moves_in_flight(mut self, n: usize) -> Self {
         self.max_moves_in_flight = n;
+        self
+    }
+
+    /// At most this many demotions wait for a move permit, each holding its
+    /// evicted body (write-back). Writers wait while more than half of them
+    /// are waiting; an eviction past the bound is shed and counted.
+    pub fn max_pending_demotions(mut self, n: usize) -> Self {
+        self.max_pending_demotions = n;
+        self
+    }
+
+    /// Delay the hybrid's background work at each [`Pause`] point by what
+    /// `hook` says, to provoke races in tests. Not for production.
+    #[doc(hidden)]
+    pub fn test_pauses(mut self, hook: PauseHook) -> Self {
+        self.pauses = Some(hook);
         self
     }
 
@@ -111,6 +176,10 @@ impl Policy {
     /// The largest body promoted.
     pub fn promote_ceiling(&self) -> u64 {
         self.max_promote_bytes
+    }
+
+    pub(crate) fn may_promote(&self) -> bool {
+        self.promotion != Promotion::Never
     }
 
     pub(crate) fn writes_cold_on_miss(&self) -> bool {
@@ -131,12 +200,14 @@ pub(crate) enum Skip {
     Busy,
 }
 
-/// The live side of the policy: the frequency sketch and the move budget.
+/// The live side of the policy: the frequency sketch, the move budget and
+/// the demotion backlog.
 #[derive(Debug)]
 pub(crate) struct Admission {
     policy: Policy,
     sketch: Sketch,
     budget: Arc<Semaphore>,
+    backlog: Arc<Backlog>,
 }
 
 impl Admission {
@@ -144,7 +215,22 @@ impl Admission {
         Admission {
             budget: Arc::new(Semaphore::new(policy.max_moves_in_flight.max(1))),
             sketch: Sketch::new(),
+            backlog: Arc::new(Backlog {
+                waiting: AtomicUsize::new(0),
+                bound: policy.max_pending_demotions.max(1),
+                room: Notify::new(),
+            }),
             policy,
+        }
+    }
+
+    /// Wait for `point`'s test delay, if any.
+    pub(crate) async fn pause(&self, point: Pause) {
+        if let Some(hook) = &self.policy.pauses {
+            let delay = hook(point);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
         }
     }
 
@@ -171,12 +257,63 @@ impl Admission {
         self.move_permit()
     }
 
-    /// A slot for a demotion (or any move), if the budget has one.
+    /// A slot for a move now, if the budget has one.
     pub(crate) fn move_permit(&self) -> Result<OwnedSemaphorePermit, Skip> {
         self.budget
             .clone()
             .try_acquire_owned()
             .map_err(|_| Skip::Busy)
+    }
+
+    /// A slot for a move, waiting for one.
+    pub(crate) async fn wait_move_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.budget.clone().acquire_owned().await.ok()
+    }
+
+    /// A place in the demotion backlog, if it is not full.
+    pub(crate) fn enter_backlog(&self) -> Option<BacklogPlace> {
+        let backlog = &self.backlog;
+        backlog
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < backlog.bound).then_some(n + 1)
+            })
+            .ok()?;
+        Some(BacklogPlace(backlog.clone()))
+    }
+
+    /// Wait until the demotion backlog is at most half full: a writer's
+    /// back-pressure in write-back.
+    pub(crate) async fn wait_for_backlog_room(&self) {
+        let backlog = &self.backlog;
+        loop {
+            let room = backlog.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if backlog.waiting.load(Ordering::Acquire) <= backlog.bound / 2 {
+                return;
+            }
+            room.await;
+        }
+    }
+}
+
+/// Demotions waiting to be copied.
+#[derive(Debug)]
+struct Backlog {
+    waiting: AtomicUsize,
+    bound: usize,
+    room: Notify,
+}
+
+/// One demotion's place in the backlog, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct BacklogPlace(Arc<Backlog>);
+
+impl Drop for BacklogPlace {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.0.room.notify_waiters();
     }
 }
 
@@ -277,6 +414,26 @@ mod tests {
         assert_eq!(admission.admit_promotion(3, None).err(), Some(Skip::Busy));
         drop(a);
         assert!(admission.move_permit().is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_demotion_backlog_is_bounded_and_writers_wait_for_half_of_it() {
+        let admission = Admission::new(Policy::default().max_pending_demotions(4));
+        let places: Vec<_> = (0..4).map(|_| admission.enter_backlog()).collect();
+        assert!(places.iter().all(Option::is_some));
+        assert!(admission.enter_backlog().is_none(), "a fifth place");
+        let admission = Arc::new(admission);
+        let writer = {
+            let admission = admission.clone();
+            tokio::spawn(async move { admission.wait_for_backlog_room().await })
+        };
+        tokio::task::yield_now().await;
+        let mut places = places;
+        places.pop();
+        tokio::task::yield_now().await;
+        assert!(!writer.is_finished(), "3 of 4 waiting is more than half");
+        places.pop();
+        writer.await.expect("the writer goes on at half");
     }
 
     #[test]

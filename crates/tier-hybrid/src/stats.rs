@@ -19,9 +19,13 @@ pub struct HybridStats {
     pub promotion_skips: u64,
     /// Hot entries copied into the cold tier (write-back).
     pub demotions: u64,
-    /// Hot evictions not demoted because the move budget was spent or the key
-    /// was already moving.
+    /// Hot evictions not demoted: the key was already moving or being
+    /// changed, or it changed (a purge, a newer write, a meta update) before
+    /// the demotion could publish.
     pub demotion_skips: u64,
+    /// Hot evictions dropped because the demotion backlog was full (see
+    /// `WritePolicy::WriteBack`): entries that left both tiers.
+    pub demotions_shed: u64,
     /// Errors from either tier that the hybrid absorbed.
     pub errors: u64,
 }
@@ -35,6 +39,7 @@ pub(crate) struct Counters {
     pub(crate) promotion_skips: AtomicU64,
     pub(crate) demotions: AtomicU64,
     pub(crate) demotion_skips: AtomicU64,
+    pub(crate) demotions_shed: AtomicU64,
     pub(crate) errors: AtomicU64,
 }
 
@@ -53,6 +58,7 @@ impl Counters {
             promotion_skips: get(&self.promotion_skips),
             demotions: get(&self.demotions),
             demotion_skips: get(&self.demotion_skips),
+            demotions_shed: get(&self.demotions_shed),
             errors: get(&self.errors),
         }
     }

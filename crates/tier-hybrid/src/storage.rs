@@ -12,14 +12,14 @@ use pingora_cache::storage::{
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheEntryId, CacheKey, CacheMeta};
 use pingora_error::Result;
-use tier_core::key::{cache_key_from_compact, entry_hash64};
+use tier_core::key::{cache_key_from_compact, cache_key_hash64, entry_hash64};
 use tier_core::{Capabilities, EvictedEntry, EvictionListener, Tier, TierStats};
 
 use crate::hit::{Promotion, TaggedHit};
 use crate::ids::{tag_id, untag_id, TierBit};
-use crate::miss::HybridMiss;
-use crate::moves::{CleanSet, MoveGuard, Moves};
-use crate::policy::{Admission, Policy};
+use crate::miss::{HybridMiss, TierPair};
+use crate::moves::{CleanSet, MoveTicket, Moves};
+use crate::policy::{Admission, Pause, Policy};
 use crate::stats::{incr, Counters, HybridStats};
 
 /// Two storages as one: lookups try `Hot`, then `Cold`; cold hits are copied
@@ -46,14 +46,15 @@ impl<Hot: Tier, Cold: Tier> std::fmt::Debug for HybridStorage<Hot, Cold> {
     }
 }
 
-/// What the hybrid keeps besides its tiers; shared with demotion tasks.
+/// What the hybrid keeps besides its tiers; shared with its hits, misses
+/// and demotion tasks.
 #[derive(Debug)]
-struct Shared {
-    name: String,
-    admission: Admission,
-    moves: Arc<Moves>,
-    counters: Arc<Counters>,
-    clean: Arc<CleanSet>,
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) admission: Admission,
+    pub(crate) moves: Arc<Moves>,
+    pub(crate) counters: Counters,
+    pub(crate) clean: CleanSet,
 }
 
 impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
@@ -68,8 +69,8 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
             name: format!("hybrid({}, {})", hot.tier_name(), cold.tier_name()),
             admission: Admission::new(policy),
             moves: Arc::new(Moves::default()),
-            counters: Arc::new(Counters::default()),
-            clean: Arc::new(CleanSet::default()),
+            counters: Counters::default(),
+            clean: CleanSet::default(),
         });
         if shared.admission.policy().demotes_hot_evictions() {
             let demoter = Arc::new(Demoter {
@@ -117,20 +118,53 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
         self.shared.moves.wait_idle().await
     }
 
-    /// A cold hit: start copying it into the hot tier if the policy admits it.
+    /// The two tiers as plain storages, by [`TierBit`].
+    fn tiers(&self) -> TierPair {
+        [self.hot, self.cold]
+    }
+
+    /// A hot lookup, without the writes of promotions still in progress:
+    /// readers get a complete, seekable entry from the cold tier instead.
+    fn unless_promoting(
+        &self,
+        slot: impl FnOnce() -> u64,
+        found: Result<Option<(CacheMeta, HitHandler)>>,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        match found {
+            Ok(Some((_, hit)))
+                if self.shared.moves.any_promoting()
+                    && self
+                        .shared
+                        .moves
+                        .is_promotion(slot(), hit.entry_id().map(CacheEntryId::get)) =>
+            {
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// A cold hit: start copying it into the hot tier if the policy admits
+    /// it. `ticket` was taken before the cold lookup, so the copy publishes
+    /// only if nothing changed the key since it was read.
     async fn cold_hit(
         &'static self,
         key: &CacheKey,
+        slot: u64,
+        ticket: Option<MoveTicket>,
         meta: &CacheMeta,
         hit: HitHandler,
         trace: &SpanHandle,
     ) -> HitHandler {
         let counters = &self.shared.counters;
+        let Some(mut ticket) = ticket else {
+            incr(&counters.promotion_skips);
+            return TaggedHit::boxed(hit, TierBit::Cold);
+        };
         let weight = hit.get_eviction_weight() as u64;
         let size_hint = (weight > 0)
             .then_some(weight)
             .or_else(|| tier_core::announced_body_len(meta));
-        let slot = entry_hash64(&key.to_compact());
         let permit = match self.shared.admission.admit_promotion(slot, size_hint) {
             Ok(permit) => permit,
             Err(_) => {
@@ -138,24 +172,24 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
                 return TaggedHit::boxed(hit, TierBit::Cold);
             }
         };
-        let Some(guard) = self.shared.moves.begin(slot) else {
-            incr(&counters.promotion_skips);
-            return TaggedHit::boxed(hit, TierBit::Cold);
-        };
+        // Before the hot write exists, so no reader is handed it.
+        ticket.promoting(None);
         match self.hot.get_miss_handler(key, meta, trace).await {
-            Ok(hot_miss) => Box::new(TaggedHit {
-                inner: hit,
-                tier: TierBit::Cold,
-                promotion: Some(Promotion {
-                    hot_miss,
-                    guard,
-                    _permit: permit,
-                    ceiling: self.shared.admission.policy().promote_ceiling(),
-                    copied: 0,
-                    counters: counters.clone(),
-                    clean: (self.shared.clean.clone(), slot),
-                }),
-            }),
+            Ok(hot_miss) => {
+                ticket.promoting(hot_miss.entry_id().map(CacheEntryId::get));
+                Box::new(TaggedHit {
+                    inner: hit,
+                    tier: TierBit::Cold,
+                    promotion: Some(Promotion {
+                        hot_miss,
+                        ticket,
+                        _permit: permit,
+                        copied: 0,
+                        shared: self.shared.clone(),
+                        slot,
+                    }),
+                })
+            }
             Err(e) => {
                 incr(&counters.errors);
                 tracing::debug!(hybrid = %self.shared.name, error = %e, "promotion could not start");
@@ -199,7 +233,10 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
         };
         let named = entry.entry_id().map(CacheEntryId::get);
         let current = match bit {
-            TierBit::Hot => self.hot.lookup_entry(key, None, trace).await,
+            TierBit::Hot => {
+                let found = self.hot.lookup_entry(key, None, trace).await;
+                self.unless_promoting(|| entry_hash64(key), found)
+            }
             TierBit::Cold => self.cold.lookup_entry(key, None, trace).await,
         };
         let Ok(Some((_, hit))) = current else {
@@ -209,17 +246,6 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
         id == named
             || (*bit == TierBit::Hot
                 && id.is_some_and(|id| self.shared.clean.holds(entry_hash64(key), id)))
-    }
-
-    /// Demote an entry the hot tier gave up, if the budget allows.
-    fn demote(
-        &self,
-        key: CompactCacheKey,
-        hot_id: Option<CacheEntryId>,
-        meta: CacheMeta,
-        body: HitHandler,
-    ) {
-        spawn_demotion(self.cold, self.shared.clone(), key, hot_id, meta, body);
     }
 }
 
@@ -250,35 +276,59 @@ fn combine(hot: Option<PurgeOutcome>, cold: Option<PurgeOutcome>) -> PurgeOutcom
     }
 }
 
-/// Start copying an evicted hot entry into `cold` in the background, within
-/// the move budget; skipped and counted when there is no room.
+/// Start copying an evicted hot entry into `cold` in the background. The
+/// demotion waits in the bounded backlog for a move permit; it is shed and
+/// counted when the backlog is full. `ticket` is the move's, taken when the
+/// entry left the hot tier; without one, one is taken now.
 fn spawn_demotion<Cold: Tier>(
     cold: &'static Cold,
     shared: Arc<Shared>,
-    key: CompactCacheKey,
-    hot_id: Option<CacheEntryId>,
-    meta: CacheMeta,
-    mut body: HitHandler,
+    entry: EvictedEntry,
+    ticket: Option<MoveTicket>,
 ) {
-    let counters = shared.counters.clone();
-    let slot = entry_hash64(&key);
+    let counters = &shared.counters;
+    let slot = entry_hash64(&entry.key);
     // A copy promoted from the cold tier and not written since is already
     // there: demoting it would only rewrite the same bytes.
-    if shared.clean.take(slot, hot_id.map(CacheEntryId::get)) {
+    if shared
+        .clean
+        .take(slot, entry.entry_id.map(CacheEntryId::get))
+    {
         return;
     }
-    let (Ok(permit), Some(guard)) = (shared.admission.move_permit(), shared.moves.begin(slot))
-    else {
+    let Some(ticket) = ticket.or_else(|| shared.moves.ticket(slot)) else {
         incr(&counters.demotion_skips);
+        return;
+    };
+    let Some(place) = shared.admission.enter_backlog() else {
+        incr(&counters.demotions_shed);
+        tracing::debug!(hybrid = %shared.name, "demotion backlog full: an evicted entry is shed");
         return;
     };
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        incr(&counters.demotion_skips);
+        incr(&counters.demotions_shed);
         return;
     };
     runtime.spawn(async move {
-        let _permit = permit;
-        let demoted = copy_into(cold, &key, &meta, &mut body, &guard).await;
+        shared.admission.pause(Pause::Listener).await;
+        let Some(permit) = shared.admission.wait_move_permit().await else {
+            return;
+        };
+        drop(place);
+        shared.admission.pause(Pause::Permit).await;
+        let EvictedEntry {
+            key,
+            meta,
+            mut body,
+            ..
+        } = entry;
+        let demoted = if ticket.is_stale() {
+            Ok(false)
+        } else {
+            copy_into(cold, &shared, &key, &meta, &mut body, &ticket).await
+        };
+        drop(permit);
+        let counters = &shared.counters;
         match demoted {
             Ok(true) => {
                 tracing::debug!(hybrid = %shared.name, "entry demoted to the cold tier");
@@ -290,31 +340,32 @@ fn spawn_demotion<Cold: Tier>(
                 tracing::debug!(hybrid = %shared.name, error = %e, "demotion failed");
             }
         }
-        drop(guard);
+        drop(ticket);
     });
 }
 
-/// Stream `body` into `tier` as a new entry; `Ok(false)` if the move was
-/// cancelled before it could publish.
+/// Stream `body` into `tier` as a new entry; `Ok(false)` if the key changed
+/// since the move's ticket was taken, so nothing was published.
 async fn copy_into<T: Tier>(
     tier: &'static T,
+    shared: &Shared,
     key: &CompactCacheKey,
     meta: &CacheMeta,
     body: &mut HitHandler,
-    guard: &MoveGuard,
+    ticket: &MoveTicket,
 ) -> Result<bool> {
     let span = pingora_cache::trace::Span::inactive().handle();
     let cache_key = cache_key_from_compact(key);
     let mut miss: MissHandler = tier.get_miss_handler(&cache_key, meta, &span).await?;
     while let Some(chunk) = body.read_body().await? {
+        if ticket.is_stale() {
+            return Ok(false);
+        }
         miss.write_body(chunk, false).await?;
     }
     miss.write_body(bytes::Bytes::new(), true).await?;
-    if !guard.try_finish() {
-        return Ok(false);
-    }
-    miss.finish().await?;
-    Ok(true)
+    shared.admission.pause(Pause::Publish).await;
+    ticket.publish(miss.finish()).await
 }
 
 /// The hot tier's eviction listener in write-back.
@@ -324,15 +375,11 @@ struct Demoter<Cold: Tier> {
 }
 
 impl<Cold: Tier> EvictionListener for Demoter<Cold> {
+    /// Runs while the hot tier still orders operations on the key (the
+    /// listener's contract), so the ticket taken here is ordered with any
+    /// change of the key that would find the entry gone.
     fn on_evict(&self, entry: EvictedEntry) {
-        spawn_demotion(
-            self.cold,
-            self.shared.clone(),
-            entry.key,
-            entry.entry_id,
-            entry.meta,
-            entry.body,
-        );
+        spawn_demotion(self.cold, self.shared.clone(), entry, None);
     }
 }
 
@@ -344,7 +391,8 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let counters = &self.shared.counters;
-        match self.hot.lookup(key, trace).await {
+        let found = self.hot.lookup(key, trace).await;
+        match self.unless_promoting(|| cache_key_hash64(key), found) {
             Ok(Some((meta, hit))) => {
                 incr(&counters.hot_hits);
                 return Ok(Some((meta, TaggedHit::boxed(hit, TierBit::Hot))));
@@ -356,10 +404,18 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
                 tracing::warn!(hybrid = %self.shared.name, error = %e, "hot tier lookup failed");
             }
         }
+        let slot = cache_key_hash64(key);
+        // Taken before the cold tier is read, so a promotion of what is read
+        // publishes only if nothing changed the key since.
+        let ticket = if self.shared.admission.policy().may_promote() {
+            self.shared.moves.ticket(slot)
+        } else {
+            None
+        };
         match self.cold.lookup(key, trace).await {
             Ok(Some((meta, hit))) => {
                 incr(&counters.cold_hits);
-                let hit = self.cold_hit(key, &meta, hit, trace).await;
+                let hit = self.cold_hit(key, slot, ticket, &meta, hit, trace).await;
                 Ok(Some((meta, hit)))
             }
             Ok(None) => {
@@ -409,10 +465,12 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let counters = &self.shared.counters;
-        // A move of the old generation must not land on top of this write.
-        let slot = entry_hash64(&key.to_compact());
-        self.shared.moves.cancel(slot).await;
-        self.shared.clean.forget(slot);
+        let policy = self.shared.admission.policy();
+        if policy.demotes_hot_evictions() {
+            // Back-pressure: this write will push entries out of the hot
+            // tier, and their demotions need room to wait.
+            self.shared.admission.wait_for_backlog_room().await;
+        }
         // A body the hot tier would refuse half-way goes to the cold tier
         // alone from the start, so readers following the write (pingora's
         // filling request among them) follow a write that can finish.
@@ -433,7 +491,7 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
                 }
             }
         };
-        let wants_cold = self.shared.admission.policy().writes_cold_on_miss() || hot.is_none();
+        let wants_cold = policy.writes_cold_on_miss() || hot.is_none();
         let cold = if wants_cold {
             match self.cold.get_miss_handler(key, meta, trace).await {
                 Ok(miss) => Some(miss),
@@ -448,16 +506,21 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         } else {
             None
         };
-        let miss = match (hot, cold) {
-            (Some(hot), cold) => HybridMiss::new(
-                (TierBit::Hot, hot),
-                cold.map(|c| (TierBit::Cold, c)),
-                counters.clone(),
-            ),
-            (None, Some(cold)) => HybridMiss::new((TierBit::Cold, cold), None, counters.clone()),
+        let (primary, secondary) = match (hot, cold) {
+            (Some(hot), cold) => ((TierBit::Hot, hot), cold.map(|c| (TierBit::Cold, c))),
+            (None, Some(cold)) => ((TierBit::Cold, cold), None),
             (None, None) => unreachable!("returned above when both tiers refused"),
         };
-        Ok(Box::new(miss))
+        let compact = key.to_compact();
+        let slot = entry_hash64(&compact);
+        Ok(Box::new(HybridMiss::new(
+            primary,
+            secondary,
+            self.shared.clone(),
+            self.tiers(),
+            compact,
+            slot,
+        )))
     }
 
     async fn purge(
@@ -474,7 +537,8 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
                 return Ok(PurgeOutcome::NotFound);
             }
         }
-        self.shared.moves.cancel(entry_hash64(key)).await;
+        let slot = entry_hash64(key);
+        let change = self.shared.moves.exclusive(slot).await;
         let counters = &self.shared.counters;
         let absorb = |tier: &str, result: Result<PurgeOutcome>| match result {
             Ok(outcome) => Some(outcome),
@@ -489,7 +553,7 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
                 if !self.names_current(key, &exact, trace).await {
                     return Ok(PurgeOutcome::NotFound);
                 }
-                self.shared.clean.forget(entry_hash64(key));
+                self.shared.clean.forget(slot);
                 let hot = self
                     .hot
                     .purge(PurgeTarget::Active(key), purge_type, trace)
@@ -523,14 +587,17 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
                 }
                 let demote = self.shared.admission.policy().demotes_hot_evictions();
                 let hot_id = exact.as_ref().and_then(|(entry, _)| entry.entry_id());
-                let taken = if demote {
-                    self.hot
+                // The demotion's ticket is taken inside this change, before
+                // the entry is read, so any later change refuses its publish.
+                let ticket = demote.then(|| change.ticket()).flatten();
+                let taken = match &ticket {
+                    Some(_) => self
+                        .hot
                         .lookup_entry(key, hot_id, trace)
                         .await
                         .ok()
-                        .flatten()
-                } else {
-                    None
+                        .flatten(),
+                    None => None,
                 };
                 let hot = self
                     .hot
@@ -540,9 +607,15 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
                         trace,
                     )
                     .await?;
+                drop(change);
                 if let (Some((meta, body)), PurgeOutcome::Purged(_)) = (taken, hot) {
-                    let hot_id = body.entry_id();
-                    self.demote(key.clone(), hot_id, meta, body);
+                    let evicted = EvictedEntry {
+                        key: key.clone(),
+                        entry_id: body.entry_id(),
+                        meta,
+                        body,
+                    };
+                    spawn_demotion(self.cold, self.shared.clone(), evicted, ticket);
                 }
                 Ok(combine(Some(hot), None))
             }
@@ -555,7 +628,7 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let key = target.key();
-        self.shared.moves.cancel(entry_hash64(key)).await;
+        let _change = self.shared.moves.exclusive(entry_hash64(key)).await;
         if !self.names_current(key, &exact_target(target), trace).await {
             return Ok(PurgeOutcome::NotFound);
         }
@@ -572,10 +645,7 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         meta: &CacheMeta,
         trace: &SpanHandle,
     ) -> Result<bool> {
-        self.shared
-            .moves
-            .cancel(entry_hash64(&key.to_compact()))
-            .await;
+        let _change = self.shared.moves.exclusive(cache_key_hash64(key)).await;
         let counters = &self.shared.counters;
         let hot = self.hot.update_meta(key, meta, trace).await;
         let cold = self.cold.update_meta(key, meta, trace).await;
@@ -622,11 +692,11 @@ impl<Hot: Tier, Cold: Tier> Tier for HybridStorage<Hot, Cold> {
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let wanted = entry_id.map(untag_id);
         if wanted.is_none_or(|(_, bit)| bit == TierBit::Hot) {
-            if let Ok(Some((meta, hit))) = self
+            let found = self
                 .hot
                 .lookup_entry(key, wanted.map(|(id, _)| id), trace)
-                .await
-            {
+                .await;
+            if let Ok(Some((meta, hit))) = self.unless_promoting(|| entry_hash64(key), found) {
                 return Ok(Some((meta, TaggedHit::boxed(hit, TierBit::Hot))));
             }
         }

@@ -229,14 +229,12 @@ impl Entry {
     }
 
     pub(crate) fn matches(&self, key: &KeyRef<'_>) -> bool {
-        self.key.primary == *key.primary
-            && self.key.variance.as_deref() == key.variance
-            && &*self.key.user_tag == key.user_tag
+        KeyRef::from_compact(&self.key) == *key
     }
 }
 
 /// The parts of a key the tier compares, borrowed from either key form.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct KeyRef<'a> {
     pub(crate) primary: &'a HashBinary,
     pub(crate) variance: Option<&'a HashBinary>,

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
+use pingora_cache::key::CompactCacheKey;
 use pingora_cache::storage::{HandleHit, Storage};
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheEntryId, CacheKey};
 use pingora_error::Result;
 use tokio::sync::watch;
 
-use crate::entry::StoredMeta;
+use crate::entry::{KeyRef, StoredMeta};
 
 /// Where a write stands, as readers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,8 @@ pub(crate) enum Progress {
 #[derive(Debug)]
 pub(crate) struct Inflight {
     pub(crate) id: u64,
+    /// The full key: a slot match alone never names a write.
+    pub(crate) key: CompactCacheKey,
     pub(crate) meta: StoredMeta,
     chunks: Mutex<Vec<Bytes>>,
     progress: watch::Sender<Progress>,
@@ -36,14 +39,20 @@ pub(crate) struct Inflight {
 }
 
 impl Inflight {
-    pub(crate) fn new(id: u64, meta: StoredMeta, tier: Arc<str>) -> Self {
+    pub(crate) fn new(id: u64, key: CompactCacheKey, meta: StoredMeta, tier: Arc<str>) -> Self {
         Inflight {
             id,
+            key,
             meta,
             chunks: Mutex::new(Vec::new()),
             progress: watch::Sender::new(Progress::Writing(0)),
             tier,
         }
+    }
+
+    /// Whether this write is of `key` (all of its hashes, not only the slot).
+    pub(crate) fn matches(&self, key: &KeyRef<'_>) -> bool {
+        KeyRef::from_compact(&self.key) == *key
     }
 
     /// Append a chunk and wake readers.

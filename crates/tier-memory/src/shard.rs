@@ -140,8 +140,15 @@ impl Shard {
 
     /// Evict one entry by S3-FIFO, returning it; `None` when the shard holds
     /// nothing evictable. `small_target` is the probationary queue's share of
-    /// this shard in bytes.
-    pub(crate) fn evict_one(&self, small_target: usize, ghost_floor: usize) -> Option<Arc<Entry>> {
+    /// this shard in bytes. `on_evict` sees the entry before the shard's locks
+    /// are released, so no other operation on its key can find it gone
+    /// before `on_evict` has run (the eviction listener's contract).
+    pub(crate) fn evict_one(
+        &self,
+        small_target: usize,
+        ghost_floor: usize,
+        on_evict: &mut dyn FnMut(&Arc<Entry>),
+    ) -> Option<Arc<Entry>> {
         let mut queues = self.queues.lock();
         let mut maps = self.maps.write();
         loop {
@@ -187,6 +194,9 @@ impl Shard {
             if from_small {
                 let cap = ghost_floor.max(queues.small.len() + queues.main.len());
                 queues.ghost.remember(item.hash, cap);
+            }
+            if let Some(entry) = &evicted {
+                on_evict(entry);
             }
             return evicted;
         }

@@ -110,8 +110,7 @@ impl MemoryStorage {
     /// only when nothing is left to evict (the rest is in writes in progress).
     fn reserve(&self, bytes: usize, home: usize) -> Result<()> {
         let capacity = self.config.capacity_bytes;
-        let mut evicted = Vec::new();
-        let result = loop {
+        loop {
             let used = self.used.load(Ordering::Relaxed);
             if used + bytes <= capacity {
                 if self
@@ -119,25 +118,20 @@ impl MemoryStorage {
                     .compare_exchange_weak(used, used + bytes, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
-                    break Ok(());
+                    return Ok(());
                 }
                 continue;
             }
-            match self.evict_one(home) {
-                Some(entry) => evicted.push(entry),
-                None => {
-                    break Err(Error::explain(
-                        ErrorType::Custom("TierFull"),
-                        format!(
-                            "{}: cannot fit {bytes} more bytes in {capacity}: the rest is held by writes in progress",
-                            self.name
-                        ),
-                    ))
-                }
+            if !self.evict_one(home) {
+                return Err(Error::explain(
+                    ErrorType::Custom("TierFull"),
+                    format!(
+                        "{}: cannot fit {bytes} more bytes in {capacity}: the rest is held by writes in progress",
+                        self.name
+                    ),
+                ));
             }
-        };
-        self.notify_evicted(evicted);
-        result
+        }
     }
 
     fn release(&self, bytes: usize) {
@@ -145,40 +139,40 @@ impl MemoryStorage {
     }
 
     /// Evict one entry, from the writer's shard if it has one, else from the
-    /// next shard that does.
-    fn evict_one(&self, home: usize) -> Option<Arc<Entry>> {
+    /// next shard that does; `false` when no shard has one.
+    fn evict_one(&self, home: usize) -> bool {
         let n = self.shards.len();
         let start = self.evict_cursor.fetch_add(1, Ordering::Relaxed);
         let order = std::iter::once(home).chain((0..n).map(|i| (start + i) % n));
+        let listener = self.listener.read().clone();
+        let mut notify = |entry: &Arc<Entry>| {
+            if let Some(listener) = &listener {
+                self.notify_evicted(listener.as_ref(), entry);
+            }
+        };
         for idx in order {
-            if let Some(entry) = self.shards[idx].evict_one(self.small_target(), 256) {
+            if let Some(entry) = self.shards[idx].evict_one(self.small_target(), 256, &mut notify) {
                 self.release(entry.charge);
                 self.counters.remove_entry(entry.charge as u64);
                 self.counters.record_eviction();
-                return Some(entry);
+                return true;
             }
         }
-        None
+        false
     }
 
-    /// Hand evicted entries to the listener, if any, outside every lock.
-    fn notify_evicted(&self, evicted: Vec<Arc<Entry>>) {
-        if evicted.is_empty() {
-            return;
-        }
-        let Some(listener) = self.listener.read().clone() else {
-            return;
-        };
-        for entry in evicted {
-            match entry.meta.to_cache_meta() {
-                Ok(meta) => listener.on_evict(EvictedEntry {
-                    key: entry.key.clone(),
-                    entry_id: Some(CacheEntryId::new(entry.id)),
-                    meta,
-                    body: Box::new(entry.hit_handler()),
-                }),
-                Err(_) => self.counters.record_error(),
-            }
+    /// Hand an evicted entry to the listener. This runs under the shard's
+    /// locks (see [`EvictionListener`]'s contract), so it only builds the
+    /// entry's meta and hit handler, which take no lock.
+    fn notify_evicted(&self, listener: &dyn EvictionListener, entry: &Arc<Entry>) {
+        match entry.meta.to_cache_meta() {
+            Ok(meta) => listener.on_evict(EvictedEntry {
+                key: entry.key.clone(),
+                entry_id: Some(CacheEntryId::new(entry.id)),
+                meta,
+                body: Box::new(entry.hit_handler()),
+            }),
+            Err(_) => self.counters.record_error(),
         }
     }
 
@@ -186,13 +180,23 @@ impl MemoryStorage {
         let hash = key.hash64();
         let shard = &self.shards[self.shard_of(hash)];
         let maps = shard.maps.read();
-        // A write in progress wins over the published entry, so a refreshed
-        // response becomes visible as soon as it starts streaming.
+        let complete = maps
+            .complete
+            .get(&hash)
+            .filter(|entry| entry.matches(&key) && id.is_none_or(|id| id == entry.id));
+        // A write in progress of this key that is newer than the published
+        // entry wins, so a refreshed response becomes visible as soon as it
+        // starts streaming; an older one (a write overtaken by a newer one
+        // that finished first) never hides what was published after it.
         if let Some(writes) = maps.writing.get(&hash) {
             let newest = writes
                 .iter()
                 .rev()
-                .find(|w| id.is_none_or(|id| id == w.id))
+                .find(|w| {
+                    w.matches(&key)
+                        && id.is_none_or(|id| id == w.id)
+                        && complete.is_none_or(|entry| w.id > entry.id)
+                })
                 .cloned();
             if let Some(write) = newest {
                 drop(maps);
@@ -204,14 +208,10 @@ impl MemoryStorage {
         // Build the hit under the read lock instead of cloning the entry's
         // Arc: for a popular entry, every clone and drop is a write to a
         // cache line that all cores share.
-        let found = maps
-            .complete
-            .get(&hash)
-            .filter(|entry| entry.matches(&key) && id.is_none_or(|id| id == entry.id))
-            .map(|entry| {
-                entry.touch();
-                (entry.meta.to_cache_meta(), entry.hit_handler())
-            });
+        let found = complete.map(|entry| {
+            entry.touch();
+            (entry.meta.to_cache_meta(), entry.hit_handler())
+        });
         drop(maps);
         match found {
             Some((meta, hit)) => {
@@ -332,7 +332,7 @@ impl Storage for MemoryStorage {
             return Err(e);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let inflight = Arc::new(Inflight::new(id, stored_meta, self.name.clone()));
+        let inflight = Arc::new(Inflight::new(id, compact, stored_meta, self.name.clone()));
         self.shards[home]
             .maps
             .write()
@@ -342,7 +342,6 @@ impl Storage for MemoryStorage {
             .push(inflight.clone());
         Ok(Box::new(MemoryMissHandler {
             storage: self,
-            key: compact,
             hash,
             home,
             id,
@@ -462,7 +461,6 @@ enum WriteState {
 /// and publishes it on `finish`.
 struct MemoryMissHandler {
     storage: &'static MemoryStorage,
-    key: CompactCacheKey,
     hash: u64,
     home: usize,
     id: u64,
@@ -561,7 +559,7 @@ impl HandleMiss for MemoryMissHandler {
         };
         let meta_charge = self.inflight.meta.charge();
         let charge = ENTRY_OVERHEAD
-            + key_charge(&self.key)
+            + key_charge(&self.inflight.key)
             + meta_charge
             + self.body_len
             + body.n_chunks() * CHUNK_OVERHEAD;
@@ -577,7 +575,7 @@ impl HandleMiss for MemoryMissHandler {
         self.storage.release(self.reserved - charge);
         self.reserved = 0;
         let entry = Arc::new(Entry {
-            key: self.key.clone(),
+            key: self.inflight.key.clone(),
             id: self.id,
             meta: self.inflight.meta.clone(),
             body,
