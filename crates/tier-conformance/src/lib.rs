@@ -29,6 +29,8 @@
 
 mod checks;
 pub mod crash;
+pub mod delayed;
+pub mod history;
 pub mod model;
 mod support;
 

@@ -228,10 +228,14 @@ impl<S: Storage + Send + Sync + 'static> Tier for PlainTier<S> {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.capabilities.unwrap_or(Capabilities {
+        let mut caps = self.capabilities.unwrap_or(Capabilities {
             streaming_partial_write: self.inner.support_streaming_partial_write(),
             ..Capabilities::default()
-        })
+        });
+        // A plain `Storage` has only one kind of write, which its readers
+        // may follow, whatever was declared.
+        caps.private_writes = false;
+        caps
     }
 
     fn stats(&self) -> TierStats {
@@ -414,7 +418,9 @@ mod tests {
         assert!(caps.streaming_partial_write);
         assert!(!caps.entry_ids);
         let declared = PlainTier::new("m", MemCache::new()).with_capabilities(Capabilities::all());
-        assert_eq!(declared.capabilities(), Capabilities::all());
+        let mut all_but_private = Capabilities::all();
+        all_but_private.private_writes = false;
+        assert_eq!(declared.capabilities(), all_but_private);
         assert!(!declared.set_eviction_listener(std::sync::Arc::new(NoopListener)));
     }
 

@@ -37,6 +37,9 @@ pub struct Capabilities {
     pub expire: bool,
     /// The largest body the tier accepts, if it has a limit.
     pub max_object_bytes: Option<usize>,
+    /// [`Tier::get_private_miss_handler`] really is private: no lookup sees
+    /// its write before `finish`.
+    pub private_writes: bool,
 }
 
 impl Capabilities {
@@ -48,6 +51,7 @@ impl Capabilities {
             entry_ids: true,
             expire: true,
             max_object_bytes: None,
+            private_writes: true,
         }
     }
 }
@@ -135,6 +139,22 @@ pub trait Tier: Storage + Send + Sync + 'static {
         let cache_key = cache_key_from_compact(key);
         let found = self.lookup(&cache_key, trace).await?;
         Ok(found.filter(|(_, hit)| entry_id.is_none() || hit.entry_id() == entry_id))
+    }
+
+    /// A miss handler whose write no lookup sees until `finish` publishes it:
+    /// for copies between tiers (the hybrid's promotions and demotions),
+    /// which may give up half-way, so that no reader follows them and then
+    /// fails.
+    ///
+    /// The default is `get_miss_handler`, whose write readers may follow;
+    /// a tier that overrides it declares [`Capabilities::private_writes`].
+    async fn get_private_miss_handler(
+        &'static self,
+        key: &pingora_cache::CacheKey,
+        meta: &CacheMeta,
+        trace: &SpanHandle,
+    ) -> Result<pingora_cache::storage::MissHandler> {
+        self.get_miss_handler(key, meta, trace).await
     }
 
     /// Register the listener that receives entries this tier evicts on its own,

@@ -714,7 +714,7 @@ impl Storage for DiskStorage {
         let compact = key.to_compact();
         let slot = entry_hash64(&compact);
         let (internal, header) = meta.serialize()?;
-        let miss = DiskMissHandler::start(self, compact, slot, internal, header).await?;
+        let miss = DiskMissHandler::start(self, compact, slot, internal, header, true).await?;
         Ok(Box::new(miss))
     }
 
@@ -793,6 +793,19 @@ impl Tier for DiskStorage {
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         self.find(key.clone(), entry_id.map(CacheEntryId::get))
             .await
+    }
+
+    async fn get_private_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let compact = key.to_compact();
+        let slot = entry_hash64(&compact);
+        let (internal, header) = meta.serialize()?;
+        let miss = DiskMissHandler::start(self, compact, slot, internal, header, false).await?;
+        Ok(Box::new(miss))
     }
 
     fn set_eviction_listener(&self, listener: Arc<dyn EvictionListener>) -> bool {

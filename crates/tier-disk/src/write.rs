@@ -126,6 +126,7 @@ impl DiskMissHandler {
         slot: u64,
         internal: Vec<u8>,
         header: Vec<u8>,
+        listed: bool,
     ) -> Result<Self> {
         let id = storage.next_id();
         let block_size = storage.config().block_size;
@@ -183,7 +184,11 @@ impl DiskMissHandler {
                 total: 0,
             }),
         });
-        storage.register_write(slot, inflight.clone());
+        // A listed write is followed by lookups until it is published; an
+        // unlisted (private) one is seen only once published.
+        if listed {
+            storage.register_write(slot, inflight.clone());
+        }
         Ok(DiskMissHandler {
             storage,
             inflight,

@@ -33,8 +33,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedMutexGuard};
 
+use crate::ids::TierBit;
+
 const SHARDS: usize = 64;
-const PROMOTING_BITS: usize = 4096;
+const WRITING_BUCKETS: usize = 4096;
 
 /// One key's order: the exclusive section and the generation it bumps.
 #[derive(Debug, Default)]
@@ -49,9 +51,9 @@ struct State {
     generation: u64,
     /// A move of this key holds a ticket (one move per key at most).
     moving: bool,
-    /// A promotion is writing into the hot tier: `Some(None)` until its
-    /// write has an id (or when the hot tier assigns none).
-    promoting: Option<Option<u64>>,
+    /// The move is writing into this tier: `(tier, None)` until its write
+    /// has an id (or when the tier assigns none).
+    writing: Option<(TierBit, Option<u64>)>,
 }
 
 /// Cells of keys with work in flight, by slot.
@@ -63,13 +65,12 @@ pub(crate) struct Moves {
     shards: Box<[Shard]>,
     /// Moves holding a ticket now.
     in_flight: AtomicU32,
-    /// Promotions writing into the hot tier now.
-    n_promoting: AtomicU32,
+    /// Moves writing into a tier now.
+    n_writing: AtomicU32,
     idle: Notify,
-    /// Counts of promotions in flight by slot bucket, read on every hot hit
-    /// (one relaxed load) so the hit path only looks further when one may
-    /// be promoting this key.
-    promoting: Box<[AtomicU32]>,
+    /// Counts of moves writing by slot bucket, so a hit only looks further
+    /// when one may be writing its key.
+    writing: Box<[AtomicU32]>,
 }
 
 impl Default for Moves {
@@ -77,9 +78,9 @@ impl Default for Moves {
         Moves {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             in_flight: AtomicU32::new(0),
-            n_promoting: AtomicU32::new(0),
+            n_writing: AtomicU32::new(0),
             idle: Notify::new(),
-            promoting: (0..PROMOTING_BITS).map(|_| AtomicU32::new(0)).collect(),
+            writing: (0..WRITING_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 }
@@ -134,32 +135,34 @@ impl Moves {
         Some(MoveTicket {
             cell,
             generation,
-            promotion: false,
+            writes: false,
         })
     }
 
-    /// Whether any promotion is writing into the hot tier: one relaxed load,
-    /// so a hot hit pays for the key's slot only when one is.
-    pub(crate) fn any_promoting(&self) -> bool {
-        self.n_promoting.load(Ordering::Acquire) > 0
+    /// Whether any move is writing into a tier: one atomic load, so a hit
+    /// pays for its key's slot only when one is.
+    pub(crate) fn any_writing(&self) -> bool {
+        self.n_writing.load(Ordering::Acquire) > 0
     }
 
-    /// Whether a hot hit of `slot` with `hot_id` is a promotion still being
-    /// written, which readers must not be handed.
-    pub(crate) fn is_promotion(&self, slot: u64, hot_id: Option<u64>) -> bool {
-        if self.promoting[slot as usize % PROMOTING_BITS].load(Ordering::Acquire) == 0 {
+    /// Whether a hit of `slot` in `tier` with `id` is a move's write still in
+    /// progress, which readers must not be handed: the move may still give
+    /// up, and a reader following it would then fail mid-body.
+    pub(crate) fn is_move_write(&self, slot: u64, tier: TierBit, id: Option<u64>) -> bool {
+        if self.writing[slot as usize % WRITING_BUCKETS].load(Ordering::Acquire) == 0 {
             return false;
         }
         let shard = self.shard(slot).lock();
         let Some(cell) = shard.get(&slot) else {
             return false;
         };
-        let promoting = cell.state.lock().promoting;
-        match promoting {
-            None => false,
+        let writing = cell.state.lock().writing;
+        match writing {
+            Some((into, _)) if into != tier => false,
+            Some((_, Some(move_id))) => id.is_none_or(|hit| hit == move_id),
             // Without an id the hit cannot be told apart: skip it.
-            Some(None) => true,
-            Some(Some(id)) => hot_id.is_none_or(|hit| hit == id),
+            Some((_, None)) => true,
+            None => false,
         }
     }
 
@@ -228,20 +231,21 @@ impl Exclusive {
 pub(crate) struct MoveTicket {
     cell: CellRef,
     generation: u64,
-    promotion: bool,
+    /// Whether this move has marked a write (see [`MoveTicket::writing`]).
+    writes: bool,
 }
 
 impl MoveTicket {
-    /// Mark this move as a promotion writing into the hot tier, so hot hits
-    /// of its write are not handed to readers until it is published.
-    pub(crate) fn promoting(&mut self, hot_id: Option<u64>) {
-        if !self.promotion {
-            self.promotion = true;
-            self.cell.moves.n_promoting.fetch_add(1, Ordering::AcqRel);
-            self.cell.moves.promoting[self.cell.slot as usize % PROMOTING_BITS]
-                .fetch_add(1, Ordering::AcqRel);
+    /// Mark this move as writing into `tier`, so hits of its write are not
+    /// handed to readers until it is published.
+    pub(crate) fn writing(&mut self, tier: TierBit, id: Option<u64>) {
+        if !self.writes {
+            self.writes = true;
+            let moves = &self.cell.moves;
+            moves.n_writing.fetch_add(1, Ordering::AcqRel);
+            moves.writing[self.cell.slot as usize % WRITING_BUCKETS].fetch_add(1, Ordering::AcqRel);
         }
-        self.cell.cell.state.lock().promoting = Some(hot_id);
+        self.cell.cell.state.lock().writing = Some((tier, id));
     }
 
     /// Publish with `finish`, in the key's exclusive section, if nothing
@@ -256,8 +260,8 @@ impl MoveTicket {
             return Ok(false);
         }
         finish.await?;
-        // Published: the hot copy is an ordinary entry now.
-        self.cell.cell.state.lock().promoting = None;
+        // Published: the copy is an ordinary entry now.
+        self.cell.cell.state.lock().writing = None;
         Ok(true)
     }
 
@@ -272,13 +276,12 @@ impl Drop for MoveTicket {
         {
             let mut state = self.cell.cell.state.lock();
             state.moving = false;
-            state.promoting = None;
+            state.writing = None;
         }
         let moves = &self.cell.moves;
-        if self.promotion {
-            moves.n_promoting.fetch_sub(1, Ordering::AcqRel);
-            moves.promoting[self.cell.slot as usize % PROMOTING_BITS]
-                .fetch_sub(1, Ordering::AcqRel);
+        if self.writes {
+            moves.n_writing.fetch_sub(1, Ordering::AcqRel);
+            moves.writing[self.cell.slot as usize % WRITING_BUCKETS].fetch_sub(1, Ordering::AcqRel);
         }
         if moves.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             moves.idle.notify_waiters();
@@ -347,17 +350,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn promotions_are_recognised_until_published() {
+    async fn move_writes_are_recognised_until_published() {
         let moves = Arc::new(Moves::default());
         let mut ticket = moves.ticket(3).expect("move");
-        assert!(!moves.is_promotion(3, Some(7)));
-        ticket.promoting(Some(7));
-        assert!(moves.is_promotion(3, Some(7)));
-        assert!(!moves.is_promotion(3, Some(8)), "another write of the key");
+        assert!(!moves.is_move_write(3, TierBit::Hot, Some(7)));
+        ticket.writing(TierBit::Hot, Some(7));
+        assert!(moves.is_move_write(3, TierBit::Hot, Some(7)));
+        assert!(
+            !moves.is_move_write(3, TierBit::Hot, Some(8)),
+            "another write of the key"
+        );
+        assert!(
+            !moves.is_move_write(3, TierBit::Cold, Some(7)),
+            "the other tier"
+        );
         assert!(ticket.publish(async { Ok(()) }).await.expect("publish"));
-        assert!(!moves.is_promotion(3, Some(7)));
+        assert!(!moves.is_move_write(3, TierBit::Hot, Some(7)));
         drop(ticket);
-        assert!(!moves.is_promotion(3, Some(7)));
+        assert!(!moves.is_move_write(3, TierBit::Hot, Some(7)));
     }
 }
 

@@ -123,20 +123,20 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
         [self.hot, self.cold]
     }
 
-    /// A hot lookup, without the writes of promotions still in progress:
-    /// readers get a complete, seekable entry from the cold tier instead.
-    fn unless_promoting(
+    /// A lookup in `tier`, without the writes of moves still in progress:
+    /// readers get a complete entry instead (the cold copy of a promotion),
+    /// or a miss.
+    fn unless_moving(
         &self,
+        tier: TierBit,
         slot: impl FnOnce() -> u64,
         found: Result<Option<(CacheMeta, HitHandler)>>,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let moves = &self.shared.moves;
         match found {
             Ok(Some((_, hit)))
-                if self.shared.moves.any_promoting()
-                    && self
-                        .shared
-                        .moves
-                        .is_promotion(slot(), hit.entry_id().map(CacheEntryId::get)) =>
+                if moves.any_writing()
+                    && moves.is_move_write(slot(), tier, hit.entry_id().map(CacheEntryId::get)) =>
             {
                 Ok(None)
             }
@@ -173,10 +173,10 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
             }
         };
         // Before the hot write exists, so no reader is handed it.
-        ticket.promoting(None);
-        match self.hot.get_miss_handler(key, meta, trace).await {
+        ticket.writing(TierBit::Hot, None);
+        match self.hot.get_private_miss_handler(key, meta, trace).await {
             Ok(hot_miss) => {
-                ticket.promoting(hot_miss.entry_id().map(CacheEntryId::get));
+                ticket.writing(TierBit::Hot, hot_miss.entry_id().map(CacheEntryId::get));
                 Box::new(TaggedHit {
                     inner: hit,
                     tier: TierBit::Cold,
@@ -195,6 +195,89 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
                 tracing::debug!(hybrid = %self.shared.name, error = %e, "promotion could not start");
                 TaggedHit::boxed(hit, TierBit::Cold)
             }
+        }
+    }
+
+    /// A write of a miss into one tier or both; a `private` one (the hybrid
+    /// is itself a tier of an outer hybrid, which is moving an entry) is
+    /// private in each tier.
+    async fn start_write(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        private: bool,
+        trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let counters = &self.shared.counters;
+        let policy = self.shared.admission.policy();
+        if policy.demotes_hot_evictions() {
+            // Back-pressure: this write will push entries out of the hot
+            // tier, and their demotions need room to wait.
+            self.shared.admission.wait_for_backlog_room().await;
+        }
+        // A body the hot tier would refuse half-way goes to the cold tier
+        // alone from the start, so readers following the write (pingora's
+        // filling request among them) follow a write that can finish.
+        let hot_limit = self.hot.capabilities().max_object_bytes;
+        let too_big_for_hot = matches!(
+            (tier_core::announced_body_len(meta), hot_limit),
+            (Some(len), Some(limit)) if len > limit as u64
+        );
+        let hot = if too_big_for_hot {
+            None
+        } else {
+            match Self::write_into(self.hot, private, key, meta, trace).await {
+                Ok(miss) => Some(miss),
+                Err(e) => {
+                    incr(&counters.errors);
+                    tracing::warn!(hybrid = %self.shared.name, error = %e, "hot tier refused a write");
+                    None
+                }
+            }
+        };
+        let wants_cold = policy.writes_cold_on_miss() || hot.is_none();
+        let cold = if wants_cold {
+            match Self::write_into(self.cold, private, key, meta, trace).await {
+                Ok(miss) => Some(miss),
+                Err(e) => {
+                    incr(&counters.errors);
+                    if hot.is_none() {
+                        return Err(e);
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (primary, secondary) = match (hot, cold) {
+            (Some(hot), cold) => ((TierBit::Hot, hot), cold.map(|c| (TierBit::Cold, c))),
+            (None, Some(cold)) => ((TierBit::Cold, cold), None),
+            (None, None) => unreachable!("returned above when both tiers refused"),
+        };
+        let compact = key.to_compact();
+        let slot = entry_hash64(&compact);
+        Ok(Box::new(HybridMiss::new(
+            primary,
+            secondary,
+            self.shared.clone(),
+            self.tiers(),
+            compact,
+            slot,
+        )))
+    }
+
+    async fn write_into<T: Tier>(
+        tier: &'static T,
+        private: bool,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        if private {
+            tier.get_private_miss_handler(key, meta, trace).await
+        } else {
+            tier.get_miss_handler(key, meta, trace).await
         }
     }
 
@@ -235,9 +318,12 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
         let current = match bit {
             TierBit::Hot => {
                 let found = self.hot.lookup_entry(key, None, trace).await;
-                self.unless_promoting(|| entry_hash64(key), found)
+                self.unless_moving(TierBit::Hot, || entry_hash64(key), found)
             }
-            TierBit::Cold => self.cold.lookup_entry(key, None, trace).await,
+            TierBit::Cold => {
+                let found = self.cold.lookup_entry(key, None, trace).await;
+                self.unless_moving(TierBit::Cold, || entry_hash64(key), found)
+            }
         };
         let Ok(Some((_, hit))) = current else {
             return true;
@@ -309,6 +395,7 @@ fn spawn_demotion<Cold: Tier>(
         incr(&counters.demotions_shed);
         return;
     };
+    let mut ticket = ticket;
     runtime.spawn(async move {
         shared.admission.pause(Pause::Listener).await;
         let Some(permit) = shared.admission.wait_move_permit().await else {
@@ -325,7 +412,7 @@ fn spawn_demotion<Cold: Tier>(
         let demoted = if ticket.is_stale() {
             Ok(false)
         } else {
-            copy_into(cold, &shared, &key, &meta, &mut body, &ticket).await
+            copy_into(cold, &shared, &key, &meta, &mut body, &mut ticket).await
         };
         drop(permit);
         let counters = &shared.counters;
@@ -352,11 +439,16 @@ async fn copy_into<T: Tier>(
     key: &CompactCacheKey,
     meta: &CacheMeta,
     body: &mut HitHandler,
-    ticket: &MoveTicket,
+    ticket: &mut MoveTicket,
 ) -> Result<bool> {
     let span = pingora_cache::trace::Span::inactive().handle();
     let cache_key = cache_key_from_compact(key);
-    let mut miss: MissHandler = tier.get_miss_handler(&cache_key, meta, &span).await?;
+    // Before the cold write exists, so no reader is handed it.
+    ticket.writing(TierBit::Cold, None);
+    let mut miss: MissHandler = tier
+        .get_private_miss_handler(&cache_key, meta, &span)
+        .await?;
+    ticket.writing(TierBit::Cold, miss.entry_id().map(CacheEntryId::get));
     while let Some(chunk) = body.read_body().await? {
         if ticket.is_stale() {
             return Ok(false);
@@ -392,7 +484,7 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let counters = &self.shared.counters;
         let found = self.hot.lookup(key, trace).await;
-        match self.unless_promoting(|| cache_key_hash64(key), found) {
+        match self.unless_moving(TierBit::Hot, || cache_key_hash64(key), found) {
             Ok(Some((meta, hit))) => {
                 incr(&counters.hot_hits);
                 return Ok(Some((meta, TaggedHit::boxed(hit, TierBit::Hot))));
@@ -412,7 +504,8 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         } else {
             None
         };
-        match self.cold.lookup(key, trace).await {
+        let found = self.cold.lookup(key, trace).await;
+        match self.unless_moving(TierBit::Cold, || slot, found) {
             Ok(Some((meta, hit))) => {
                 incr(&counters.cold_hits);
                 let hit = self.cold_hit(key, slot, ticket, &meta, hit, trace).await;
@@ -464,63 +557,7 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         meta: &CacheMeta,
         trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let counters = &self.shared.counters;
-        let policy = self.shared.admission.policy();
-        if policy.demotes_hot_evictions() {
-            // Back-pressure: this write will push entries out of the hot
-            // tier, and their demotions need room to wait.
-            self.shared.admission.wait_for_backlog_room().await;
-        }
-        // A body the hot tier would refuse half-way goes to the cold tier
-        // alone from the start, so readers following the write (pingora's
-        // filling request among them) follow a write that can finish.
-        let hot_limit = self.hot.capabilities().max_object_bytes;
-        let too_big_for_hot = matches!(
-            (tier_core::announced_body_len(meta), hot_limit),
-            (Some(len), Some(limit)) if len > limit as u64
-        );
-        let hot = if too_big_for_hot {
-            None
-        } else {
-            match self.hot.get_miss_handler(key, meta, trace).await {
-                Ok(miss) => Some(miss),
-                Err(e) => {
-                    incr(&counters.errors);
-                    tracing::warn!(hybrid = %self.shared.name, error = %e, "hot tier refused a write");
-                    None
-                }
-            }
-        };
-        let wants_cold = policy.writes_cold_on_miss() || hot.is_none();
-        let cold = if wants_cold {
-            match self.cold.get_miss_handler(key, meta, trace).await {
-                Ok(miss) => Some(miss),
-                Err(e) => {
-                    incr(&counters.errors);
-                    if hot.is_none() {
-                        return Err(e);
-                    }
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let (primary, secondary) = match (hot, cold) {
-            (Some(hot), cold) => ((TierBit::Hot, hot), cold.map(|c| (TierBit::Cold, c))),
-            (None, Some(cold)) => ((TierBit::Cold, cold), None),
-            (None, None) => unreachable!("returned above when both tiers refused"),
-        };
-        let compact = key.to_compact();
-        let slot = entry_hash64(&compact);
-        Ok(Box::new(HybridMiss::new(
-            primary,
-            secondary,
-            self.shared.clone(),
-            self.tiers(),
-            compact,
-            slot,
-        )))
+        self.start_write(key, meta, false, trace).await
     }
 
     async fn purge(
@@ -677,6 +714,7 @@ impl<Hot: Tier, Cold: Tier> Tier for HybridStorage<Hot, Cold> {
         caps.seek = hot.seek && cold.seek;
         caps.entry_ids = hot.entry_ids && cold.entry_ids;
         caps.expire = hot.expire && cold.expire;
+        caps.private_writes = hot.private_writes && cold.private_writes;
         caps.max_object_bytes = match (hot.max_object_bytes, cold.max_object_bytes) {
             (Some(h), Some(c)) => Some(h.min(c)),
             (h, c) => h.or(c),
@@ -696,20 +734,33 @@ impl<Hot: Tier, Cold: Tier> Tier for HybridStorage<Hot, Cold> {
                 .hot
                 .lookup_entry(key, wanted.map(|(id, _)| id), trace)
                 .await;
-            if let Ok(Some((meta, hit))) = self.unless_promoting(|| entry_hash64(key), found) {
+            if let Ok(Some((meta, hit))) =
+                self.unless_moving(TierBit::Hot, || entry_hash64(key), found)
+            {
                 return Ok(Some((meta, TaggedHit::boxed(hit, TierBit::Hot))));
             }
         }
         if wanted.is_none_or(|(_, bit)| bit == TierBit::Cold) {
-            if let Ok(Some((meta, hit))) = self
+            let found = self
                 .cold
                 .lookup_entry(key, wanted.map(|(id, _)| id), trace)
-                .await
+                .await;
+            if let Ok(Some((meta, hit))) =
+                self.unless_moving(TierBit::Cold, || entry_hash64(key), found)
             {
                 return Ok(Some((meta, TaggedHit::boxed(hit, TierBit::Cold))));
             }
         }
         Ok(None)
+    }
+
+    async fn get_private_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        self.start_write(key, meta, true, trace).await
     }
 
     /// Entries leave a hybrid when its cold tier evicts them: the listener

@@ -176,6 +176,49 @@ impl MemoryStorage {
         }
     }
 
+    /// Start a write; a `listed` one is followed by lookups until it is
+    /// published, an unlisted (private) one is seen only once published.
+    fn start_write(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        listed: bool,
+    ) -> Result<MissHandler> {
+        let compact = key.to_compact();
+        let hash = KeyRef::from_compact(&compact).hash64();
+        let home = self.shard_of(hash);
+        let stored_meta = StoredMeta::new(meta)?;
+        // Every entry has at least one chunk slot, even with an empty body.
+        let fixed = ENTRY_OVERHEAD + key_charge(&compact) + stored_meta.charge() + CHUNK_OVERHEAD;
+        if let Err(e) = self.reserve(fixed, home) {
+            self.counters.record_rejection();
+            return Err(e);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let inflight = Arc::new(Inflight::new(id, compact, stored_meta, self.name.clone()));
+        if listed {
+            self.shards[home]
+                .maps
+                .write()
+                .writing
+                .entry(hash)
+                .or_default()
+                .push(inflight.clone());
+        }
+        Ok(Box::new(MemoryMissHandler {
+            storage: self,
+            hash,
+            home,
+            id,
+            tag: U64WriteId::from(id),
+            inflight,
+            reserved: fixed,
+            body_len: 0,
+            n_chunks: 0,
+            state: WriteState::Open,
+        }))
+    }
+
     fn find(&self, key: KeyRef<'_>, id: Option<u64>) -> Result<Option<(CacheMeta, HitHandler)>> {
         let hash = key.hash64();
         let shard = &self.shards[self.shard_of(hash)];
@@ -321,37 +364,7 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let compact = key.to_compact();
-        let hash = KeyRef::from_compact(&compact).hash64();
-        let home = self.shard_of(hash);
-        let stored_meta = StoredMeta::new(meta)?;
-        // Every entry has at least one chunk slot, even with an empty body.
-        let fixed = ENTRY_OVERHEAD + key_charge(&compact) + stored_meta.charge() + CHUNK_OVERHEAD;
-        if let Err(e) = self.reserve(fixed, home) {
-            self.counters.record_rejection();
-            return Err(e);
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let inflight = Arc::new(Inflight::new(id, compact, stored_meta, self.name.clone()));
-        self.shards[home]
-            .maps
-            .write()
-            .writing
-            .entry(hash)
-            .or_default()
-            .push(inflight.clone());
-        Ok(Box::new(MemoryMissHandler {
-            storage: self,
-            hash,
-            home,
-            id,
-            tag: U64WriteId::from(id),
-            inflight,
-            reserved: fixed,
-            body_len: 0,
-            n_chunks: 0,
-            state: WriteState::Open,
-        }))
+        self.start_write(key, meta, true)
     }
 
     async fn purge(
@@ -434,6 +447,15 @@ impl Tier for MemoryStorage {
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         self.find(KeyRef::from_compact(key), entry_id.map(CacheEntryId::get))
+    }
+
+    async fn get_private_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        self.start_write(key, meta, false)
     }
 
     fn set_eviction_listener(&self, listener: Arc<dyn EvictionListener>) -> bool {
