@@ -328,3 +328,26 @@ async fn a_full_disk_fails_the_write_and_keeps_every_entry() {
         assert_eq!(get(disk, "before").await, Ok(Some(body_of(3, 100_000))));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_write_is_seen_only_once_published() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = open(config(dir.path())).await;
+    assert!(disk.capabilities().private_writes);
+    let span = Span::inactive().handle();
+    let meta = tier_core::testing::meta_with_header("x-name", "private");
+    let body = body_of(3, 10_000);
+    let mut miss = disk
+        .get_private_miss_handler(&CacheKey::new("private", ""), &meta, &span)
+        .await
+        .expect("miss");
+    miss.write_body(Bytes::copy_from_slice(&body[..6000]), false)
+        .await
+        .expect("write");
+    assert_eq!(get(disk, "private").await, Ok(None), "a private write was followed");
+    miss.write_body(Bytes::copy_from_slice(&body[6000..]), true)
+        .await
+        .expect("write");
+    miss.finish().await.expect("finish");
+    assert_eq!(get(disk, "private").await, Ok(Some(body)));
+}

@@ -152,7 +152,7 @@ impl EvictionListener for Collect {
 
 #[tokio::test]
 async fn eviction_listener_receives_each_evicted_entry_with_its_body() {
-    let storage = leak(MemoryConfig::new(64 << 10).shards(1));
+    let storage = leak(MemoryConfig::new(64 << 10).shards(1).max_object_bytes(60_000));
     let listener = Arc::new(Collect::default());
     assert!(storage.set_eviction_listener(listener.clone()));
     for i in 0..40 {
@@ -257,4 +257,128 @@ async fn stats_count_every_kind_of_event() {
     assert!(stats.evictions >= 10, "{stats:?}");
     assert_eq!(stats.entries, 21 - stats.evictions);
     assert!(stats.bytes <= 32 << 10);
+}
+
+/// Two keys whose 64-bit slots collide: primaries that differ only after
+/// the first eight bytes.
+fn colliding_keys() -> (CacheKey, CacheKey) {
+    let mut a = CacheKey::new("", "");
+    let mut b = CacheKey::new("", "");
+    let mut primary = [7u8; 16];
+    a.set_primary_bin_override(primary);
+    primary[15] = 8;
+    b.set_primary_bin_override(primary);
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_write_in_progress_is_found_by_its_full_key_only() {
+    let storage = leak(MemoryConfig::new(1 << 20));
+    let span = Span::inactive().handle();
+    let (a, b) = colliding_keys();
+    let meta = tier_core::testing::meta_with_header("x", "a");
+    let mut miss = storage.get_miss_handler(&a, &meta, &span).await.expect("miss");
+    miss.write_body(Bytes::from_static(b"a's body"), false)
+        .await
+        .expect("write");
+    assert!(
+        storage.lookup(&b, &span).await.expect("lookup").is_none(),
+        "a lookup of another key with the same slot found a's write in progress"
+    );
+    assert!(storage.lookup(&a, &span).await.expect("lookup").is_some());
+    miss.finish().await.expect("finish");
+    assert!(storage.lookup(&b, &span).await.expect("lookup").is_none());
+}
+
+#[tokio::test]
+async fn an_older_write_in_progress_does_not_hide_a_newer_published_one() {
+    let storage = leak(MemoryConfig::new(1 << 20));
+    let span = Span::inactive().handle();
+    let meta = tier_core::testing::meta_with_header("x", "1");
+    let mut older = storage
+        .get_miss_handler(&key("overtaken"), &meta, &span)
+        .await
+        .expect("miss");
+    older
+        .write_body(Bytes::from_static(b"older"), false)
+        .await
+        .expect("write");
+    put(storage, "overtaken", 5).await.expect("newer write");
+    let (_, mut hit) = storage
+        .lookup(&key("overtaken"), &span)
+        .await
+        .expect("lookup")
+        .expect("hit");
+    let body = tier_core::testing::read_body(&mut hit).await.expect("read");
+    assert_eq!(body, b"xxxxx", "the older write in progress was served");
+    drop(older);
+}
+
+#[tokio::test]
+async fn a_private_write_is_seen_only_once_published() {
+    let storage = leak(MemoryConfig::new(1 << 20));
+    let span = Span::inactive().handle();
+    let meta = tier_core::testing::meta_with_header("x", "1");
+    assert!(storage.capabilities().private_writes);
+    let mut miss = storage
+        .get_private_miss_handler(&key("private"), &meta, &span)
+        .await
+        .expect("miss");
+    miss.write_body(Bytes::from_static(b"quiet"), false)
+        .await
+        .expect("write");
+    assert!(!present(storage, "private").await, "a private write was followed");
+    miss.finish().await.expect("finish");
+    assert!(present(storage, "private").await);
+    // An abandoned private write leaves nothing, as any write.
+    let mut dropped = storage
+        .get_private_miss_handler(&key("private-dropped"), &meta, &span)
+        .await
+        .expect("miss");
+    dropped
+        .write_body(Bytes::from_static(b"gone"), false)
+        .await
+        .expect("write");
+    drop(dropped);
+    assert!(!present(storage, "private-dropped").await);
+}
+
+/// The eviction listener runs before the shard lets anyone see the entry
+/// gone: a lookup racing the eviction waits for the listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_runs_before_an_eviction_is_visible() {
+    struct Slow {
+        heard: Mutex<Vec<String>>,
+    }
+    impl EvictionListener for Slow {
+        fn on_evict(&self, entry: EvictedEntry) {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            let id = entry.entry_id.map(|id| id.get().to_string());
+            self.heard
+                .lock()
+                .expect("lock")
+                .push(id.unwrap_or_default());
+        }
+    }
+    let storage = leak(MemoryConfig::new(64 << 10).shards(1).max_object_bytes(60_000));
+    let listener = Arc::new(Slow {
+        heard: Mutex::new(Vec::new()),
+    });
+    assert!(storage.set_eviction_listener(listener.clone()));
+    put(storage, "first", 30_000).await.expect("first");
+    let filler = tokio::spawn(async move { put(storage, "second", 50_000).await });
+    // Watch for "first" to disappear; the moment it does, the listener
+    // must already have heard of it.
+    loop {
+        if !present(storage, "first").await {
+            assert_eq!(
+                listener.heard.lock().expect("lock").len(),
+                1,
+                "the eviction was visible before the listener ran"
+            );
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    filler.await.expect("task").expect("second");
 }
