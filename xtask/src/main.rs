@@ -162,7 +162,11 @@ fn ci(root: &Path) -> Result<(), String> {
             &[],
         )
     })?;
-    step("test", || run(root, &cargo, &["test", "--workspace"], &[]))?;
+    step("test", || {
+        let before = processes_named("redis-server");
+        run(root, &cargo, &["test", "--workspace"], &[])?;
+        left_behind(&before, "redis-server")
+    })?;
     step("doc", || {
         run(
             root,
@@ -178,6 +182,42 @@ fn ci(root: &Path) -> Result<(), String> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// PIDs of running processes whose command name is `name` (Linux `/proc`).
+fn processes_named(name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == name)
+        })
+        .collect()
+}
+
+/// Fail if the tests left `name` processes running that were not running
+/// before them, and stop those, so a test that leaks a server is found.
+fn left_behind(before: &[u32], name: &str) -> Result<(), String> {
+    let leaked: Vec<u32> = processes_named(name)
+        .into_iter()
+        .filter(|pid| !before.contains(pid))
+        .collect();
+    if leaked.is_empty() {
+        println!("    no {name} left running by the tests");
+        return Ok(());
+    }
+    for pid in &leaked {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    Err(format!(
+        "the tests left {} {name} process(es) running (pids {leaked:?}, now stopped): \
+         a test keeps a server it never drops, such as one in a static",
+        leaked.len()
+    ))
 }
 
 fn deny(root: &Path, cargo: &str) -> Result<(), String> {
@@ -222,4 +262,21 @@ fn bench(root: &Path, args: &[String]) -> Result<(), String> {
         run(root, &cargo, &cmd, &[])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_left_running_is_found_and_stopped() {
+        let before = processes_named("sleep");
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        assert!(processes_named("sleep").contains(&child.id()));
+        let found = left_behind(&before, "sleep");
+        assert!(found.is_err_and(|e| e.contains(&child.id().to_string())));
+        let status = child.wait().expect("wait");
+        assert!(!status.success(), "the leaked process was not stopped");
+        assert!(left_behind(&before, "sleep").is_ok());
+    }
 }

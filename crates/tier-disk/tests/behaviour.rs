@@ -344,7 +344,11 @@ async fn a_private_write_is_seen_only_once_published() {
     miss.write_body(Bytes::copy_from_slice(&body[..6000]), false)
         .await
         .expect("write");
-    assert_eq!(get(disk, "private").await, Ok(None), "a private write was followed");
+    assert_eq!(
+        get(disk, "private").await,
+        Ok(None),
+        "a private write was followed"
+    );
     miss.write_body(Bytes::copy_from_slice(&body[6000..]), true)
         .await
         .expect("write");

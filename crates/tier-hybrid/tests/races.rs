@@ -176,7 +176,9 @@ async fn a_revalidation_never_puts_new_headers_on_an_old_body() {
         if let Some((meta, mut hit)) = storage.lookup(&key("k"), &span()).await.expect("lookup") {
             let got = tier_core::testing::read_body(&mut hit).await.expect("read");
             assert_eq!(
-                meta.headers().get("content-length").map(|v| v.as_bytes().to_vec()),
+                meta.headers()
+                    .get("content-length")
+                    .map(|v| v.as_bytes().to_vec()),
                 Some(got.len().to_string().into_bytes()),
                 "generation 1's body under generation 2's Content-Length"
             );
@@ -212,8 +214,16 @@ async fn a_purge_just_after_an_eviction_is_not_undone_by_its_demotion() {
         purge(hybrid, &name, PurgeType::Invalidation).await;
         evicting.await.expect("filler");
         hybrid.wait_for_moves().await;
-        assert_eq!(get(hybrid, &name).await, None, "round {round}: the purge was undone");
-        assert_eq!(get(disk, &name).await, None, "round {round}: demoted after its purge");
+        assert_eq!(
+            get(hybrid, &name).await,
+            None,
+            "round {round}: the purge was undone"
+        );
+        assert_eq!(
+            get(disk, &name).await,
+            None,
+            "round {round}: demoted after its purge"
+        );
     }
 }
 
@@ -262,7 +272,9 @@ async fn a_second_reader_gets_a_complete_seekable_body(hybrid: &'static (dyn Sto
         .expect("hit");
     assert!(second.can_seek(), "a reader during a promotion cannot seek");
     second.seek(1000, Some(2000)).expect("seek");
-    let ranged = tier_core::testing::read_body(&mut second).await.expect("read");
+    let ranged = tier_core::testing::read_body(&mut second)
+        .await
+        .expect("read");
     assert_eq!(ranged, &data[1000..2000]);
     let (_, mut third) = hybrid
         .lookup(&key("cold"), &span())
@@ -271,8 +283,14 @@ async fn a_second_reader_gets_a_complete_seekable_body(hybrid: &'static (dyn Sto
         .expect("hit");
     // The promoting reader goes away mid-body: the third is unaffected.
     drop(first);
-    let whole = tier_core::testing::read_body(&mut third).await.expect("read");
-    assert_eq!(whole.len(), data.len(), "a reader during a promotion got a short body");
+    let whole = tier_core::testing::read_body(&mut third)
+        .await
+        .expect("read");
+    assert_eq!(
+        whole.len(),
+        data.len(),
+        "a reader during a promotion got a short body"
+    );
     assert_eq!(whole, data);
 }
 
@@ -297,8 +315,9 @@ async fn readers_during_a_promotion_into_memcache_get_the_whole_body() {
     put(disk, "cold", &body(6, 300_000)).await;
     let mut caps = Capabilities::default();
     caps.expire = true;
-    let memcache: &'static PlainTier<MemCache> =
-        Box::leak(Box::new(PlainTier::new("memcache", MemCache::new()).with_capabilities(caps)));
+    let memcache: &'static PlainTier<MemCache> = Box::leak(Box::new(
+        PlainTier::new("memcache", MemCache::new()).with_capabilities(caps),
+    ));
     let hybrid = HybridStorage::new(memcache, disk, policy(WritePolicy::WriteThrough)).leak();
     a_second_reader_gets_a_complete_seekable_body(hybrid).await;
 }

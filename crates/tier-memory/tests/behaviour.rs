@@ -152,7 +152,11 @@ impl EvictionListener for Collect {
 
 #[tokio::test]
 async fn eviction_listener_receives_each_evicted_entry_with_its_body() {
-    let storage = leak(MemoryConfig::new(64 << 10).shards(1).max_object_bytes(60_000));
+    let storage = leak(
+        MemoryConfig::new(64 << 10)
+            .shards(1)
+            .max_object_bytes(60_000),
+    );
     let listener = Arc::new(Collect::default());
     assert!(storage.set_eviction_listener(listener.clone()));
     for i in 0..40 {
@@ -277,7 +281,10 @@ async fn a_write_in_progress_is_found_by_its_full_key_only() {
     let span = Span::inactive().handle();
     let (a, b) = colliding_keys();
     let meta = tier_core::testing::meta_with_header("x", "a");
-    let mut miss = storage.get_miss_handler(&a, &meta, &span).await.expect("miss");
+    let mut miss = storage
+        .get_miss_handler(&a, &meta, &span)
+        .await
+        .expect("miss");
     miss.write_body(Bytes::from_static(b"a's body"), false)
         .await
         .expect("write");
@@ -327,7 +334,10 @@ async fn a_private_write_is_seen_only_once_published() {
     miss.write_body(Bytes::from_static(b"quiet"), false)
         .await
         .expect("write");
-    assert!(!present(storage, "private").await, "a private write was followed");
+    assert!(
+        !present(storage, "private").await,
+        "a private write was followed"
+    );
     miss.finish().await.expect("finish");
     assert!(present(storage, "private").await);
     // An abandoned private write leaves nothing, as any write.
@@ -360,7 +370,11 @@ async fn the_listener_runs_before_an_eviction_is_visible() {
                 .push(id.unwrap_or_default());
         }
     }
-    let storage = leak(MemoryConfig::new(64 << 10).shards(1).max_object_bytes(60_000));
+    let storage = leak(
+        MemoryConfig::new(64 << 10)
+            .shards(1)
+            .max_object_bytes(60_000),
+    );
     let listener = Arc::new(Slow {
         heard: Mutex::new(Vec::new()),
     });

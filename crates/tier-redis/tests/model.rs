@@ -3,7 +3,6 @@
 //! so most bodies span several chunks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use tier_conformance::model::{run_model, ModelSetup};
@@ -13,11 +12,11 @@ use tier_redis::{RedisConfig, RedisStorage};
 
 #[test]
 fn redis_tier_matches_the_model() {
-    static SERVER: OnceLock<RedisServer> = OnceLock::new();
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-    let url = SERVER
-        .get_or_init(|| RedisServer::start().expect("redis-server"))
-        .url();
+    // Owned by the test, not a static: a static is never dropped, and the
+    // server would outlive the test process.
+    let server = RedisServer::start().expect("redis-server");
+    let url = server.url();
     let setup = ModelSetup::new(move || {
         let config = RedisConfig::single(url.clone())
             .prefix(format!("model{}", SEQUENCE.fetch_add(1, Ordering::Relaxed)))
@@ -27,4 +26,5 @@ fn redis_tier_matches_the_model() {
     });
     let result = run_model("redis", setup, 500);
     assert_eq!(result.sequences, 500);
+    drop(server);
 }
