@@ -32,6 +32,7 @@ mod hit;
 mod ids;
 mod miss;
 mod moves;
+mod passthrough;
 pub mod policy;
 mod stats;
 mod storage;

@@ -26,6 +26,9 @@ pub struct HybridStats {
     /// Hot evictions dropped because the demotion backlog was full (see
     /// `WritePolicy::WriteBack`): entries that left both tiers.
     pub demotions_shed: u64,
+    /// Misses no tier stored (over every tier's limit, or refused by all),
+    /// served whole to their client from the pass-through.
+    pub passed_through: u64,
     /// Errors from either tier that the hybrid absorbed.
     pub errors: u64,
 }
@@ -40,6 +43,7 @@ pub(crate) struct Counters {
     pub(crate) demotions: AtomicU64,
     pub(crate) demotion_skips: AtomicU64,
     pub(crate) demotions_shed: AtomicU64,
+    pub(crate) passed_through: AtomicU64,
     pub(crate) errors: AtomicU64,
 }
 
@@ -59,6 +63,7 @@ impl Counters {
             demotions: get(&self.demotions),
             demotion_skips: get(&self.demotion_skips),
             demotions_shed: get(&self.demotions_shed),
+            passed_through: get(&self.passed_through),
             errors: get(&self.errors),
         }
     }

@@ -1,9 +1,12 @@
 //! [`HybridStorage`]: two tiers as one `Storage`.
 
 use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use pingora_cache::eviction::CacheEntryKey;
 use pingora_cache::key::CompactCacheKey;
 use pingora_cache::storage::{
@@ -17,8 +20,9 @@ use tier_core::{Capabilities, EvictedEntry, EvictionListener, Tier, TierStats};
 
 use crate::hit::{Promotion, TaggedHit};
 use crate::ids::{tag_id, untag_id, TierBit};
-use crate::miss::{HybridMiss, TierPair};
+use crate::miss::{HybridMiss, TierPair, PASS_TAG};
 use crate::moves::{CleanSet, MoveTicket, Moves};
+use crate::passthrough::{pass_through, PassReader};
 use crate::policy::{Admission, Pause, Policy};
 use crate::stats::{incr, Counters, HybridStats};
 
@@ -46,6 +50,9 @@ impl<Hot: Tier, Cold: Tier> std::fmt::Debug for HybridStorage<Hot, Cold> {
     }
 }
 
+/// A meta as `CacheMeta::serialize` gives it: internal part and header.
+pub(crate) type SerializedMeta = (Vec<u8>, Vec<u8>);
+
 /// What the hybrid keeps besides its tiers; shared with its hits, misses
 /// and demotion tasks.
 #[derive(Debug)]
@@ -55,6 +62,11 @@ pub(crate) struct Shared {
     pub(crate) moves: Arc<Moves>,
     pub(crate) counters: Counters,
     pub(crate) clean: CleanSet,
+    /// Pass-through readers of misses in progress, until pingora takes them
+    /// with `lookup_streaming_write`.
+    /// The meta is kept serialized (`CacheMeta` is not `Clone`).
+    pub(crate) passes: Mutex<HashMap<u64, (SerializedMeta, PassReader)>>,
+    pub(crate) next_pass: AtomicU64,
 }
 
 impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
@@ -71,6 +83,8 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
             moves: Arc::new(Moves::default()),
             counters: Counters::default(),
             clean: CleanSet::default(),
+            passes: Mutex::default(),
+            next_pass: AtomicU64::new(1),
         });
         if shared.admission.policy().demotes_hot_evictions() {
             let demoter = Arc::new(Demoter {
@@ -241,9 +255,7 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
                 Ok(miss) => Some(miss),
                 Err(e) => {
                     incr(&counters.errors);
-                    if hot.is_none() {
-                        return Err(e);
-                    }
+                    tracing::debug!(hybrid = %self.shared.name, error = %e, "cold tier refused a write");
                     None
                 }
             }
@@ -251,15 +263,33 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
             None
         };
         let (primary, secondary) = match (hot, cold) {
-            (Some(hot), cold) => ((TierBit::Hot, hot), cold.map(|c| (TierBit::Cold, c))),
-            (None, Some(cold)) => ((TierBit::Cold, cold), None),
-            (None, None) => unreachable!("returned above when both tiers refused"),
+            (Some(hot), cold) => (Some((TierBit::Hot, hot)), cold.map(|c| (TierBit::Cold, c))),
+            (None, cold) => (cold.map(|c| (TierBit::Cold, c)), None),
+        };
+        // The filling client follows this write, not a tier's: a tier that
+        // gives up on the body (or none taking it at all) does not cut it
+        // off. A private write (an outer hybrid's move) has no client.
+        let pass = if !private && self.support_streaming_partial_write() {
+            let pass_id = self.shared.next_pass.fetch_add(1, Ordering::Relaxed);
+            let entry_id = primary
+                .as_ref()
+                .and_then(|(tier, miss)| miss.entry_id().map(|id| tag_id(id, *tier)));
+            let (writer, reader) = pass_through(entry_id);
+            let serialized = meta.serialize()?;
+            self.shared
+                .passes
+                .lock()
+                .insert(pass_id, (serialized, reader));
+            Some((pass_id, writer))
+        } else {
+            None
         };
         let compact = key.to_compact();
         let slot = entry_hash64(&compact);
         Ok(Box::new(HybridMiss::new(
             primary,
             secondary,
+            pass,
             self.shared.clone(),
             self.tiers(),
             compact,
@@ -531,6 +561,22 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         streaming_write_tag: Option<&[u8]>,
         trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let mut streaming_write_tag = streaming_write_tag;
+        if let Some([PASS_TAG, rest @ ..]) = streaming_write_tag {
+            let (pass_id, tier_tag) = rest.split_at(rest.len().min(8));
+            let pass_id = u64::from_le_bytes(pass_id.try_into().unwrap_or_default());
+            let taken = self.shared.passes.lock().remove(&pass_id);
+            if let Some(((internal, header), reader)) = taken {
+                let meta = CacheMeta::deserialize(&internal, &header)?;
+                return Ok(Some((meta, Box::new(reader))));
+            }
+            // Taken already: a later follower of the same write follows the
+            // tier it is written to, if any.
+            if tier_tag.is_empty() {
+                return Ok(None);
+            }
+            streaming_write_tag = Some(tier_tag);
+        }
         let Some((&tier, inner_tag)) = streaming_write_tag.and_then(|t| t.split_first()) else {
             return self.lookup(key, trace).await;
         };
@@ -715,9 +761,17 @@ impl<Hot: Tier, Cold: Tier> Tier for HybridStorage<Hot, Cold> {
         caps.entry_ids = hot.entry_ids && cold.entry_ids;
         caps.expire = hot.expire && cold.expire;
         caps.private_writes = hot.private_writes && cold.private_writes;
-        caps.max_object_bytes = match (hot.max_object_bytes, cold.max_object_bytes) {
-            (Some(h), Some(c)) => Some(h.min(c)),
-            (h, c) => h.or(c),
+        // What this hybrid can store whatever the body announces: in
+        // write-through, a body too big for one tier goes to the other; in
+        // write-back, one that grows past the hot tier's limit while it
+        // streams is stored nowhere (announced ones go to the cold tier).
+        caps.max_object_bytes = if self.shared.admission.policy().writes_cold_on_miss() {
+            match (hot.max_object_bytes, cold.max_object_bytes) {
+                (Some(h), Some(c)) => Some(h.max(c)),
+                _ => None,
+            }
+        } else {
+            hot.max_object_bytes
         };
         caps
     }

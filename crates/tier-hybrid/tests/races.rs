@@ -12,7 +12,7 @@ use pingora_cache::storage::{HitHandler, PurgeTarget, PurgeType, Storage};
 use pingora_cache::trace::{Span, SpanHandle};
 use pingora_cache::{CacheKey, CacheMeta, MemCache};
 use tier_conformance::delayed::{Delayed, Delays};
-use tier_core::{Capabilities, PlainTier, Tier};
+use tier_core::{Capabilities, PlainTier};
 use tier_disk::{DiskConfig, DiskStorage};
 use tier_hybrid::policy::{Pause, Policy, Promotion, WritePolicy};
 use tier_hybrid::{served_by, HybridStorage, Served};
@@ -385,4 +385,134 @@ async fn write_back_keeps_every_entry_it_was_given() {
     );
     assert_eq!(stats.demotions_shed, 0);
     assert!(stats.demotions as usize >= n - 200, "{stats:?}");
+}
+
+// ---- objects over the limits are served whole, not stored -------------------
+
+/// What pingora-proxy 0.9.1 does on a miss with streaming partial writes:
+/// the miss handler, the client's reader from `lookup_streaming_write` with
+/// its tag, chunks written and read in turn in one task, then `finish`,
+/// whose error would disable the cache and drop the reader. Returns what
+/// the client got and whether `finish` succeeded.
+async fn fill_like_pingora(
+    hybrid: &'static (dyn Storage + Sync),
+    name: &str,
+    meta: &CacheMeta,
+    data: &[u8],
+) -> (Vec<u8>, bool) {
+    let mut miss = hybrid
+        .get_miss_handler(&key(name), meta, &span())
+        .await
+        .expect("a miss handler, even for a body no tier stores");
+    let tag = miss.streaming_write_tag().map(<[u8]>::to_vec);
+    let (_, mut reader) = hybrid
+        .lookup_streaming_write(&key(name), tag.as_deref(), &span())
+        .await
+        .expect("lookup_streaming_write")
+        .expect("pingora panics without a reader");
+    let mut got = Vec::new();
+    let chunks: Vec<_> = data.chunks(64 << 10).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        miss.write_body(Bytes::copy_from_slice(chunk), last)
+            .await
+            .expect("write_body: an error fails the client's response");
+        // The client lags one chunk behind, as it does when the last chunk
+        // and `finish` come in one upstream event.
+        if i > 0 {
+            let chunk = reader.read_body().await.expect("read").expect("a chunk");
+            got.extend_from_slice(&chunk);
+        }
+    }
+    let finished = miss.finish().await.is_ok();
+    if finished {
+        while let Some(chunk) = reader.read_body().await.expect("read") {
+            got.extend_from_slice(&chunk);
+        }
+    }
+    (got, finished)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_over_every_limit_is_served_whole_and_not_stored() {
+    for (write, announce) in [
+        (WritePolicy::WriteThrough, true),
+        (WritePolicy::WriteThrough, false),
+        (WritePolicy::WriteBack, true),
+        (WritePolicy::WriteBack, false),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = DiskStorage::open(
+            DiskConfig::new(dir.path(), 64 << 20)
+                .block_size(4096)
+                .max_object_bytes(256 << 10),
+        )
+        .await
+        .expect("open")
+        .leak();
+        let hybrid = HybridStorage::new(memory(1 << 20, 64 << 10), disk, policy(write)).leak();
+        let data = body(9, 1 << 20);
+        let meta = if announce {
+            announced("huge", data.len())
+        } else {
+            meta("huge")
+        };
+        let (got, finished) = fill_like_pingora(hybrid, "huge", &meta, &data).await;
+        assert!(finished, "{write:?}, announced {announce}: finish failed");
+        assert_eq!(
+            got.len(),
+            data.len(),
+            "{write:?}, announced {announce}: cut off"
+        );
+        assert_eq!(got, data);
+        assert_eq!(get(hybrid, "huge").await, None, "stored over every limit");
+        assert_eq!(hybrid.hybrid_stats().passed_through, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_one_tier_refuses_is_stored_in_the_other_and_served_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hybrid = HybridStorage::new(
+        memory(1 << 20, 64 << 10),
+        disk(dir.path()).await,
+        policy(WritePolicy::WriteThrough),
+    )
+    .leak();
+    let data = body(10, 500 << 10);
+    let (got, finished) = fill_like_pingora(hybrid, "grows", &meta("grows"), &data).await;
+    assert!(finished);
+    assert_eq!(got, data);
+    assert_eq!(get(hybrid, "grows").await, Some(data), "the disk copy");
+    assert_eq!(hybrid.hybrid_stats().passed_through, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_of_an_aborted_fill_gets_an_error_not_a_clean_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hybrid = HybridStorage::new(
+        memory(1 << 20, 64 << 10),
+        disk(dir.path()).await,
+        policy(WritePolicy::WriteThrough),
+    )
+    .leak();
+    let mut miss = hybrid
+        .get_miss_handler(&key("aborted"), &meta("aborted"), &span())
+        .await
+        .expect("miss");
+    let tag = miss.streaming_write_tag().map(<[u8]>::to_vec);
+    let (_, mut reader) = hybrid
+        .lookup_streaming_write(&key("aborted"), tag.as_deref(), &span())
+        .await
+        .expect("lookup")
+        .expect("reader");
+    miss.write_body(Bytes::from_static(b"part"), false)
+        .await
+        .expect("write");
+    drop(miss);
+    assert!(reader.read_body().await.expect("read").is_some());
+    assert!(
+        reader.read_body().await.is_err(),
+        "an aborted fill ended cleanly"
+    );
 }
