@@ -2,7 +2,9 @@
 //! HTTP server. It counts the requests it serves.
 //!
 //! Paths:
-//! - `/bytes/N`: N bytes derived from N, `Cache-Control: max-age=60`;
+//! - `/bytes/N`: N bytes derived from N (at most 64 MiB), with its
+//!   `Content-Length`, `Cache-Control: max-age=60`;
+//! - `/chunked/N`: the same body, chunked, so its length is not announced;
 //! - `/nostore`: `Cache-Control: no-store`;
 //! - `/vary`: `Vary: Accept-Language`, the body names the language asked for;
 //! - `/revalidate`: `max-age=1` and an `ETag`; a request with a matching
@@ -66,6 +68,16 @@ impl ServeHttp for DemoOrigin {
             .and_then(|n| n.parse::<usize>().ok())
         {
             build(StatusCode::OK, "max-age=60", demo_body(len.min(64 << 20)))
+        } else if let Some(len) = path
+            .strip_prefix("/chunked/")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("cache-control", "max-age=60")
+                .header("content-type", "application/octet-stream")
+                .header("transfer-encoding", "chunked")
+                .body(demo_body(len.min(64 << 20)))
         } else if path == "/nostore" {
             build(StatusCode::OK, "no-store", b"never cache me".to_vec())
         } else if path == "/vary" {

@@ -358,3 +358,66 @@ fn two_proxies_share_one_redis_tier() {
     b.stop();
     a.stop();
 }
+
+/// Objects larger than every tier can store are served whole on every
+/// request, announced or chunked, in both write policies, and not cached.
+#[test]
+fn objects_over_the_tiers_limits_are_served_whole() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    // (memory MiB, disk MiB, write policy, path): the two cases.
+    let cases = [
+        (64, 100, WriteArg::Through, "/bytes/40000000"),
+        (64, 100, WriteArg::Through, "/chunked/40000000"),
+        (8, 64, WriteArg::Back, "/bytes/20000000"),
+        (8, 64, WriteArg::Back, "/chunked/20000000"),
+    ];
+    for (memory_mib, disk_mib, write, path) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = ProxyOptions {
+            listen: format!("127.0.0.1:{}", free_port().expect("port")),
+            upstream: None,
+            cache_dir: dir.path().join("cache"),
+            memory_mib,
+            disk_mib,
+            durability: DurabilityArg::None,
+            write,
+            promote_on_hit: 1,
+            storage: StorageArg::Tiers,
+            redis: None,
+            redis_cluster: Vec::new(),
+        };
+        let proxy = Running::start(&opts);
+        let len: usize = path
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("len");
+        let want = sha(&examples::origin::demo_body(len));
+        rt.block_on(async {
+            for request in 1..=2 {
+                let got = get(&client, &format!("{}{path}", proxy.base), &[]).await;
+                assert_eq!(got.status, 200);
+                assert_eq!(
+                    got.body.len(),
+                    len,
+                    "{path} ({write:?}), request {request}: cut off"
+                );
+                assert_eq!(sha(&got.body), want, "{path}, request {request}");
+            }
+        });
+        assert_eq!(
+            proxy.origin_requests(),
+            2,
+            "{path}: an oversize object was cached"
+        );
+        proxy.stop();
+    }
+}
