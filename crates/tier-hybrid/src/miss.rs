@@ -14,7 +14,7 @@ use pingora_cache::CacheEntryId;
 use pingora_error::{Error, ErrorType, Result};
 
 use crate::ids::{tag_id, TierBit};
-use crate::passthrough::PassWriter;
+use crate::passthrough::ClientWriter;
 use crate::stats::incr;
 use crate::storage::Shared;
 
@@ -26,36 +26,48 @@ pub(crate) struct HybridMiss {
     pub(crate) primary: Option<(TierBit, MissHandler)>,
     /// The other tier's handler in write-through.
     pub(crate) secondary: Option<(TierBit, MissHandler)>,
-    /// The client's copy, when pingora follows this write (see
-    /// [`crate::passthrough`]), and its id in [`Shared::passes`].
-    pub(crate) pass: Option<(u64, PassWriter)>,
+    /// The filling client's feed, when pingora follows this write (see
+    /// [`crate::passthrough`]), and its id in `Shared::clients`.
+    pub(crate) client: Option<(u64, ClientWriter)>,
+    /// Each tier's object limit, by [`TierBit`]: a tier is not fed past it.
+    pub(crate) limits: [Option<u64>; 2],
+    /// Body bytes written so far.
+    pub(crate) written: u64,
     pub(crate) tag: Vec<u8>,
     pub(crate) id: Option<CacheEntryId>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) tiers: TierPair,
     pub(crate) key: CompactCacheKey,
     pub(crate) slot: u64,
+    /// The tier the tag names, whose write the client follows.
+    pub(crate) primary_tier: Option<TierBit>,
 }
 
-/// The first byte of a tag naming a pass-through, followed by its id.
-pub(crate) const PASS_TAG: u8 = 2;
+/// The first byte of a tag naming a client feed, followed by its id.
+pub(crate) const CLIENT_TAG: u8 = 2;
 
 impl HybridMiss {
-    /// A write to `primary` (and `secondary`), or to no tier at all, served
-    /// to the filling client through `pass`.
+    /// A write to `primary` (and `secondary`), or to no tier at all, whose
+    /// filling client reads through `client`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         primary: Option<(TierBit, MissHandler)>,
         secondary: Option<(TierBit, MissHandler)>,
-        pass: Option<(u64, PassWriter)>,
+        client: Option<(u64, ClientWriter)>,
+        limits: [Option<u64>; 2],
         shared: Arc<Shared>,
         tiers: TierPair,
         key: CompactCacheKey,
         slot: u64,
     ) -> Self {
         let mut tag = Vec::new();
-        if let Some((pass_id, _)) = &pass {
-            tag.push(PASS_TAG);
-            tag.extend_from_slice(&pass_id.to_le_bytes());
+        if let Some((client_id, writer)) = &client {
+            tag.push(CLIENT_TAG);
+            tag.extend_from_slice(&client_id.to_le_bytes());
+            if primary.is_none() {
+                // No tier to follow: the client reads everything from here.
+                writer.switch(0, None);
+            }
         }
         if let Some((tier, handler)) = &primary {
             tag.push(*tier as u8);
@@ -64,33 +76,41 @@ impl HybridMiss {
         let id = primary
             .as_ref()
             .and_then(|(tier, handler)| handler.entry_id().map(|id| tag_id(id, *tier)));
+        let primary_tier = primary.as_ref().map(|(tier, _)| *tier);
         HybridMiss {
             primary,
             secondary,
-            pass,
+            client,
+            limits,
+            written: 0,
             tag,
             id,
             shared,
             tiers,
             key,
             slot,
+            primary_tier,
         }
     }
 
-    /// Whether the filling client is served by this write's pass-through:
-    /// pingora took its reader and has not dropped it.
+    /// Whether pingora took this write's client reader and still holds it.
     fn serves_a_client(&self) -> bool {
-        self.pass.as_ref().is_some_and(|(pass_id, pass)| {
-            !self.shared.passes.lock().contains_key(pass_id) && pass.has_reader()
+        self.client.as_ref().is_some_and(|(client_id, writer)| {
+            !self.shared.clients.lock().contains_key(client_id) && writer.has_reader()
         })
+    }
+
+    /// The tier the client's reader follows: the one the tag names.
+    fn client_tier(&self) -> Option<TierBit> {
+        self.primary_tier
     }
 }
 
 impl Drop for HybridMiss {
     fn drop(&mut self) {
-        // A pass-through pingora never took must not stay registered.
-        if let Some((pass_id, _)) = &self.pass {
-            self.shared.passes.lock().remove(pass_id);
+        // A client reader pingora never took must not stay registered.
+        if let Some((client_id, _)) = &self.client {
+            self.shared.clients.lock().remove(client_id);
         }
     }
 }
@@ -99,29 +119,54 @@ impl Drop for HybridMiss {
 impl HandleMiss for HybridMiss {
     /// Never fails because a tier gave up: the tier stops storing the body
     /// (an object over its limit, a full disk) and the client still gets
-    /// every byte, through the pass-through or straight from the origin.
+    /// every byte, from the tier's copy up to where it stopped and from here
+    /// after that (or straight from the origin, without streaming).
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
-        if let Some((_, pass)) = &self.pass {
-            pass.push(&data);
-        }
+        let end = self.written + data.len() as u64;
+        let client_tier = self.client_tier();
         for side in [&mut self.primary, &mut self.secondary] {
-            if let Some((tier, handler)) = side {
-                if let Err(e) = handler.write_body(data.clone(), eof).await {
-                    // This tier gives up on the entry; the other may still keep it.
-                    incr(&self.shared.counters.errors);
-                    tracing::debug!(hybrid = %self.shared.name, ?tier, error = %e, "a tier stopped storing a body");
-                    *side = None;
+            let Some((tier, handler)) = side else {
+                continue;
+            };
+            let tier = *tier;
+            let over = self.limits[tier as usize].is_some_and(|limit| end > limit);
+            let failed = if over {
+                None
+            } else {
+                handler.write_body(data.clone(), eof).await.err()
+            };
+            if !over && failed.is_none() {
+                continue;
+            }
+            // This tier stops storing the entry; the other may still keep it.
+            let (_, handler) = side.take().expect("checked above");
+            if let Some(e) = &failed {
+                incr(&self.shared.counters.errors);
+                tracing::debug!(hybrid = %self.shared.name, ?tier, error = %e, "a tier stopped storing a body");
+            }
+            match &self.client {
+                Some((_, writer)) if Some(tier) == client_tier => {
+                    // The client reads this tier's copy up to here, then
+                    // from the miss; a write that failed cannot be kept.
+                    writer.switch(self.written, failed.is_none().then_some(handler));
                 }
+                _ => drop(handler),
             }
         }
+        if let Some((_, writer)) = &self.client {
+            writer.push(&data);
+        }
+        self.written = end;
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         let serves_a_client = self.serves_a_client();
-        // The client's copy is complete whatever the tiers do now.
-        if let Some((_, pass)) = self.pass.take() {
-            pass.finish();
+        // The client's feed is complete whatever the tiers do now; a reader
+        // pingora never took goes with the write.
+        if let Some((client_id, writer)) = self.client.take() {
+            self.shared.clients.lock().remove(&client_id);
+            writer.finish();
         }
         let (primary, secondary) = (self.primary.take(), self.secondary.take());
         let this = &*self;
@@ -175,9 +220,9 @@ impl HandleMiss for HybridMiss {
         match (first_ok, last_error) {
             (Some(done), _) => Ok(done),
             // Stored nowhere, but pingora still serves its client from the
-            // pass-through: an error here would make it disable the cache and
-            // drop that reader before the client has read the end. Nothing
-            // was published, and nothing is counted as stored.
+            // feed: an error here would make it disable the cache and drop
+            // that reader before the client has read the end. Nothing was
+            // published, and nothing is counted as stored.
             (None, _) if serves_a_client => {
                 incr(&counters.passed_through);
                 Ok(MissFinishType::Created(0))

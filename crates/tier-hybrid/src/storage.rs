@@ -20,9 +20,9 @@ use tier_core::{Capabilities, EvictedEntry, EvictionListener, Tier, TierStats};
 
 use crate::hit::{Promotion, TaggedHit};
 use crate::ids::{tag_id, untag_id, TierBit};
-use crate::miss::{HybridMiss, TierPair, PASS_TAG};
+use crate::miss::{HybridMiss, TierPair, CLIENT_TAG};
 use crate::moves::{CleanSet, MoveTicket, Moves};
-use crate::passthrough::{pass_through, PassReader};
+use crate::passthrough::{client_feed, ClientSlot};
 use crate::policy::{Admission, Pause, Policy};
 use crate::stats::{incr, Counters, HybridStats};
 
@@ -62,11 +62,11 @@ pub(crate) struct Shared {
     pub(crate) moves: Arc<Moves>,
     pub(crate) counters: Counters,
     pub(crate) clean: CleanSet,
-    /// Pass-through readers of misses in progress, until pingora takes them
-    /// with `lookup_streaming_write`.
-    /// The meta is kept serialized (`CacheMeta` is not `Clone`).
-    pub(crate) passes: Mutex<HashMap<u64, (SerializedMeta, PassReader)>>,
-    pub(crate) next_pass: AtomicU64,
+    /// Client readers of misses in progress, until pingora takes them with
+    /// `lookup_streaming_write`. The meta is kept serialized (`CacheMeta` is
+    /// not `Clone`).
+    pub(crate) clients: Mutex<HashMap<u64, (SerializedMeta, ClientSlot)>>,
+    pub(crate) next_client: AtomicU64,
 }
 
 impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
@@ -83,8 +83,8 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
             moves: Arc::new(Moves::default()),
             counters: Counters::default(),
             clean: CleanSet::default(),
-            passes: Mutex::default(),
-            next_pass: AtomicU64::new(1),
+            clients: Mutex::default(),
+            next_client: AtomicU64::new(1),
         });
         if shared.admission.policy().demotes_hot_evictions() {
             let demoter = Arc::new(Demoter {
@@ -124,6 +124,13 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
     /// Promotions and demotions in flight now.
     pub fn moves_in_flight(&self) -> usize {
         self.shared.moves.in_flight()
+    }
+
+    /// Client readers of misses that pingora has not taken yet (for tests:
+    /// none outlives its miss).
+    #[doc(hidden)]
+    pub fn client_readers_waiting(&self) -> usize {
+        self.shared.clients.lock().len()
     }
 
     /// Wait until no promotion or demotion is in flight (for tests and
@@ -269,27 +276,30 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
         // The filling client follows this write, not a tier's: a tier that
         // gives up on the body (or none taking it at all) does not cut it
         // off. A private write (an outer hybrid's move) has no client.
-        let pass = if !private && self.support_streaming_partial_write() {
-            let pass_id = self.shared.next_pass.fetch_add(1, Ordering::Relaxed);
-            let entry_id = primary
-                .as_ref()
-                .and_then(|(tier, miss)| miss.entry_id().map(|id| tag_id(id, *tier)));
-            let (writer, reader) = pass_through(entry_id);
+        let client = if !private && self.support_streaming_partial_write() {
+            let client_id = self.shared.next_client.fetch_add(1, Ordering::Relaxed);
+            let (writer, slot) = client_feed();
             let serialized = meta.serialize()?;
             self.shared
-                .passes
+                .clients
                 .lock()
-                .insert(pass_id, (serialized, reader));
-            Some((pass_id, writer))
+                .insert(client_id, (serialized, slot));
+            Some((client_id, writer))
         } else {
             None
         };
+        let limit = |caps: Capabilities| caps.max_object_bytes.map(|n| n as u64);
+        let limits = [
+            limit(self.hot.capabilities()),
+            limit(self.cold.capabilities()),
+        ];
         let compact = key.to_compact();
         let slot = entry_hash64(&compact);
         Ok(Box::new(HybridMiss::new(
             primary,
             secondary,
-            pass,
+            client,
+            limits,
             self.shared.clone(),
             self.tiers(),
             compact,
@@ -309,6 +319,34 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
         } else {
             tier.get_miss_handler(key, meta, trace).await
         }
+    }
+
+    /// Follow the write a tier's tag (the hybrid's tier byte, then the
+    /// tier's own tag) names.
+    async fn follow(
+        &'static self,
+        key: &CacheKey,
+        tag: &[u8],
+        trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some((&tier, inner_tag)) = tag.split_first() else {
+            return Ok(None);
+        };
+        let inner_tag = (!inner_tag.is_empty()).then_some(inner_tag);
+        let (found, bit) = if tier == TierBit::Hot as u8 {
+            (
+                self.hot.lookup_streaming_write(key, inner_tag, trace).await,
+                TierBit::Hot,
+            )
+        } else {
+            (
+                self.cold
+                    .lookup_streaming_write(key, inner_tag, trace)
+                    .await,
+                TierBit::Cold,
+            )
+        };
+        Ok(found?.map(|(meta, hit)| (meta, TaggedHit::boxed(hit, bit))))
     }
 
     /// The purge target a tier gets: the exact generation if the id names this
@@ -561,40 +599,33 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         streaming_write_tag: Option<&[u8]>,
         trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let mut client = None;
         let mut streaming_write_tag = streaming_write_tag;
-        if let Some([PASS_TAG, rest @ ..]) = streaming_write_tag {
-            let (pass_id, tier_tag) = rest.split_at(rest.len().min(8));
-            let pass_id = u64::from_le_bytes(pass_id.try_into().unwrap_or_default());
-            let taken = self.shared.passes.lock().remove(&pass_id);
-            if let Some(((internal, header), reader)) = taken {
-                let meta = CacheMeta::deserialize(&internal, &header)?;
-                return Ok(Some((meta, Box::new(reader))));
-            }
-            // Taken already: a later follower of the same write follows the
+        if let Some([CLIENT_TAG, rest @ ..]) = streaming_write_tag {
+            let (client_id, tier_tag) = rest.split_at(rest.len().min(8));
+            let client_id = u64::from_le_bytes(client_id.try_into().unwrap_or_default());
+            client = self.shared.clients.lock().remove(&client_id);
+            // Taken already, a later follower of the same write follows the
             // tier it is written to, if any.
-            if tier_tag.is_empty() {
-                return Ok(None);
-            }
             streaming_write_tag = Some(tier_tag);
         }
-        let Some((&tier, inner_tag)) = streaming_write_tag.and_then(|t| t.split_first()) else {
-            return self.lookup(key, trace).await;
-        };
-        let inner_tag = (!inner_tag.is_empty()).then_some(inner_tag);
-        let (found, bit) = if tier == TierBit::Hot as u8 {
-            (
-                self.hot.lookup_streaming_write(key, inner_tag, trace).await,
-                TierBit::Hot,
-            )
-        } else {
-            (
-                self.cold
-                    .lookup_streaming_write(key, inner_tag, trace)
-                    .await,
-                TierBit::Cold,
-            )
-        };
-        Ok(found?.map(|(meta, hit)| (meta, TaggedHit::boxed(hit, bit))))
+        if let Some(((internal, header), slot)) = client {
+            // The filling client: the tier's write it follows, if any,
+            // wrapped so the rest comes from the miss where the tier stops.
+            let follower = match streaming_write_tag {
+                Some(tier_tag) if !tier_tag.is_empty() => self.follow(key, tier_tag, trace).await?,
+                _ => None,
+            };
+            let entry_id = follower.as_ref().and_then(|(_, hit)| hit.entry_id());
+            let meta = CacheMeta::deserialize(&internal, &header)?;
+            let reader = slot.reader(follower.map(|(_, hit)| hit), entry_id);
+            return Ok(Some((meta, Box::new(reader))));
+        }
+        match streaming_write_tag {
+            Some(tier_tag) if !tier_tag.is_empty() => self.follow(key, tier_tag, trace).await,
+            Some(_) => Ok(None),
+            None => self.lookup(key, trace).await,
+        }
     }
 
     async fn get_miss_handler(

@@ -467,6 +467,9 @@ async fn an_object_over_every_limit_is_served_whole_and_not_stored() {
         assert_eq!(got, data);
         assert_eq!(get(hybrid, "huge").await, None, "stored over every limit");
         assert_eq!(hybrid.hybrid_stats().passed_through, 1);
+        // A miss nobody follows leaves no reader behind either.
+        put(hybrid, "unfollowed", b"small").await;
+        assert_eq!(hybrid.client_readers_waiting(), 0);
     }
 }
 
@@ -510,9 +513,11 @@ async fn the_client_of_an_aborted_fill_gets_an_error_not_a_clean_end() {
         .await
         .expect("write");
     drop(miss);
-    assert!(reader.read_body().await.expect("read").is_some());
-    assert!(
-        reader.read_body().await.is_err(),
-        "an aborted fill ended cleanly"
-    );
+    loop {
+        match reader.read_body().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("an aborted fill ended cleanly"),
+            Err(_) => break,
+        }
+    }
 }
