@@ -278,6 +278,20 @@ fn record(run: &Run, key: usize, event: Event) {
     run.histories[key].lock().push(event);
 }
 
+/// Record a read invoked at `invoked` that returns now with `outcome`.
+fn record_read(run: &Run, key: usize, invoked: u64, outcome: ReadOutcome) {
+    let returned = run.clock.tick();
+    record(
+        run,
+        key,
+        Event::Read {
+            invoked,
+            returned,
+            outcome,
+        },
+    );
+}
+
 async fn pause(rng: &mut fastrand::Rng, max: Duration) {
     if rng.u8(..4) == 0 {
         let micros = max.as_micros() as u64;
@@ -424,32 +438,12 @@ async fn read<S: Storage + Sync>(
         .await
         .unwrap_or_default();
     let Some((meta, mut hit)) = found else {
-        let returned = run.clock.tick();
-        let outcome = ReadOutcome::Miss;
-        record(
-            run,
-            key,
-            Event::Read {
-                invoked,
-                returned,
-                outcome,
-            },
-        );
+        record_read(run, key, invoked, ReadOutcome::Miss);
         return;
     };
     let (Some(generation), Some(len)) = (header_u64(&meta, "x-gen"), header_u64(&meta, "x-len"))
     else {
-        let returned = run.clock.tick();
-        let outcome = ReadOutcome::Foreign;
-        record(
-            run,
-            key,
-            Event::Read {
-                invoked,
-                returned,
-                outcome,
-            },
-        );
+        record_read(run, key, invoked, ReadOutcome::Foreign);
         return;
     };
     let len = len as usize;
@@ -480,27 +474,17 @@ async fn read<S: Storage + Sync>(
             // The client went away: only what arrived so far is judged.
             drop(hit);
             let intact = expected[start..].starts_with(&got);
-            let returned = run.clock.tick();
             let outcome = ReadOutcome::Hit {
                 generation,
                 mismatch: (!intact).then_some((start, got)),
             };
-            record(
-                run,
-                key,
-                Event::Read {
-                    invoked,
-                    returned,
-                    outcome,
-                },
-            );
+            record_read(run, key, invoked, outcome);
             return;
         }
         if mode >= 7 {
             pause(rng, run.config.pause).await;
         }
     }
-    let returned = run.clock.tick();
     let outcome = match error {
         Some(error) => ReadOutcome::Failed { generation, error },
         None => {
@@ -511,15 +495,7 @@ async fn read<S: Storage + Sync>(
             }
         }
     };
-    record(
-        run,
-        key,
-        Event::Read {
-            invoked,
-            returned,
-            outcome,
-        },
-    );
+    record_read(run, key, invoked, outcome);
 }
 
 /// A write in a key's history: generation, length, invoked, finish

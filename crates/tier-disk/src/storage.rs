@@ -356,6 +356,21 @@ impl DiskStorage {
         });
     }
 
+    /// Start a write of `key`; a `listed` one is followed by lookups until it
+    /// is published, an unlisted (private) one is seen only once published.
+    async fn start_write(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        listed: bool,
+    ) -> Result<MissHandler> {
+        let compact = key.to_compact();
+        let slot = entry_hash64(&compact);
+        let (internal, header) = meta.serialize()?;
+        let miss = DiskMissHandler::start(self, compact, slot, internal, header, listed).await?;
+        Ok(Box::new(miss))
+    }
+
     pub(crate) fn register_write(&self, slot: u64, inflight: Arc<Inflight>) {
         self.writing.lock().entry(slot).or_default().push(inflight);
     }
@@ -711,11 +726,7 @@ impl Storage for DiskStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let compact = key.to_compact();
-        let slot = entry_hash64(&compact);
-        let (internal, header) = meta.serialize()?;
-        let miss = DiskMissHandler::start(self, compact, slot, internal, header, true).await?;
-        Ok(Box::new(miss))
+        self.start_write(key, meta, true).await
     }
 
     async fn purge(
@@ -801,11 +812,7 @@ impl Tier for DiskStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let compact = key.to_compact();
-        let slot = entry_hash64(&compact);
-        let (internal, header) = meta.serialize()?;
-        let miss = DiskMissHandler::start(self, compact, slot, internal, header, false).await?;
-        Ok(Box::new(miss))
+        self.start_write(key, meta, false).await
     }
 
     fn set_eviction_listener(&self, listener: Arc<dyn EvictionListener>) -> bool {

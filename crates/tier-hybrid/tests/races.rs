@@ -294,25 +294,35 @@ async fn a_second_reader_gets_a_complete_seekable_body(hybrid: &'static (dyn Sto
     assert_eq!(whole, data);
 }
 
+/// A disk tier holding the 300 KB "cold" object.
+async fn cold_object(dir: &std::path::Path) -> &'static DiskStorage {
+    let disk = disk(dir).await;
+    put(disk, "cold", &body(6, 300_000)).await;
+    disk
+}
+
+/// Memory (room for the object) over `cold_object`, write-through.
+async fn memory_over_cold_object(
+    dir: &std::path::Path,
+) -> &'static HybridStorage<MemoryStorage, DiskStorage> {
+    HybridStorage::new(
+        memory(8 << 20, 1 << 20),
+        cold_object(dir).await,
+        policy(WritePolicy::WriteThrough),
+    )
+    .leak()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_during_a_promotion_get_a_complete_seekable_body() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let disk = disk(dir.path()).await;
-    put(disk, "cold", &body(6, 300_000)).await;
-    let hybrid = HybridStorage::new(
-        memory(8 << 20, 1 << 20),
-        disk,
-        policy(WritePolicy::WriteThrough),
-    )
-    .leak();
-    a_second_reader_gets_a_complete_seekable_body(hybrid).await;
+    a_second_reader_gets_a_complete_seekable_body(memory_over_cold_object(dir.path()).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_during_a_promotion_into_memcache_get_the_whole_body() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let disk = disk(dir.path()).await;
-    put(disk, "cold", &body(6, 300_000)).await;
+    let disk = cold_object(dir.path()).await;
     let mut caps = Capabilities::default();
     caps.expire = true;
     let memcache: &'static PlainTier<MemCache> = Box::leak(Box::new(
@@ -325,14 +335,7 @@ async fn readers_during_a_promotion_into_memcache_get_the_whole_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_given_up_promotion_is_not_served_after_a_newer_write() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let disk = disk(dir.path()).await;
-    put(disk, "cold", &body(6, 300_000)).await;
-    let hybrid = HybridStorage::new(
-        memory(8 << 20, 1 << 20),
-        disk,
-        policy(WritePolicy::WriteThrough),
-    )
-    .leak();
+    let hybrid = memory_over_cold_object(dir.path()).await;
     let first = promoting_reader(hybrid).await;
     put(hybrid, "cold", b"newer").await;
     let (_, mut hit) = hybrid
