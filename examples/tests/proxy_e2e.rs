@@ -421,3 +421,49 @@ fn objects_over_the_tiers_limits_are_served_whole() {
         proxy.stop();
     }
 }
+
+/// Requests that arrive while an oversize fill streams (pingora's cache-lock
+/// waiters follow it) are served whole too.
+#[test]
+fn concurrent_requests_of_an_oversize_object_are_all_whole() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = ProxyOptions {
+        listen: format!("127.0.0.1:{}", free_port().expect("port")),
+        upstream: None,
+        cache_dir: dir.path().join("cache"),
+        memory_mib: 8,
+        disk_mib: 64,
+        durability: DurabilityArg::None,
+        write: WriteArg::Back,
+        promote_on_hit: 1,
+        storage: StorageArg::Tiers,
+        redis: None,
+        redis_cluster: Vec::new(),
+    };
+    let proxy = Running::start(&opts);
+    let len = 20_000_001;
+    let want = sha(&examples::origin::demo_body(len));
+    let url = format!("{}/chunked/{len}", proxy.base);
+    rt.block_on(async {
+        let requests = (0..4).map(|_| get(&client, &url, &[]));
+        for (i, got) in futures::future::join_all(requests)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(got.status, 200);
+            assert_eq!(got.body.len(), len, "request {i}: cut off");
+            assert_eq!(sha(&got.body), want, "request {i}");
+        }
+    });
+    proxy.stop();
+}

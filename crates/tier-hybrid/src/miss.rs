@@ -100,6 +100,20 @@ impl HybridMiss {
         })
     }
 
+    /// The miss ends: a fill whose tier write is an ordinary one (to be
+    /// published, or dropped) leaves the registry; one that stopped its tier
+    /// stays there, closed to new readers (they miss instead of following
+    /// the parked write), until it is gone.
+    fn forget_fill(&self, writer: &ClientWriter) {
+        let Some(id) = self.id else {
+            return;
+        };
+        if writer.feed_ref().is_unswitched() {
+            let (raw, tier) = crate::ids::untag_id(id);
+            self.shared.forget_fill(tier, raw.get());
+        }
+    }
+
     /// The tier the client's reader follows: the one the tag names.
     fn client_tier(&self) -> Option<TierBit> {
         self.primary_tier
@@ -109,8 +123,9 @@ impl HybridMiss {
 impl Drop for HybridMiss {
     fn drop(&mut self) {
         // A client reader pingora never took must not stay registered.
-        if let Some((client_id, _)) = &self.client {
+        if let Some((client_id, writer)) = &self.client {
             self.shared.clients.lock().remove(client_id);
+            self.forget_fill(writer);
         }
     }
 }
@@ -166,6 +181,7 @@ impl HandleMiss for HybridMiss {
         // pingora never took goes with the write.
         if let Some((client_id, writer)) = self.client.take() {
             self.shared.clients.lock().remove(&client_id);
+            self.forget_fill(&writer);
             writer.finish();
         }
         let (primary, secondary) = (self.primary.take(), self.secondary.take());

@@ -22,7 +22,7 @@ use crate::hit::{Promotion, TaggedHit};
 use crate::ids::{tag_id, untag_id, TierBit};
 use crate::miss::{HybridMiss, TierPair, CLIENT_TAG};
 use crate::moves::{CleanSet, MoveTicket, Moves};
-use crate::passthrough::{client_feed, ClientSlot};
+use crate::passthrough::{client_feed, ClientSlot, FeedRef, Joined};
 use crate::policy::{Admission, Pause, Policy};
 use crate::stats::{incr, Counters, HybridStats};
 
@@ -50,6 +50,39 @@ impl<Hot: Tier, Cold: Tier> std::fmt::Debug for HybridStorage<Hot, Cold> {
     }
 }
 
+const FILL_BUCKETS: usize = 1024;
+
+fn fill_bucket(id: u64) -> usize {
+    (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as usize % FILL_BUCKETS
+}
+
+impl Shared {
+    /// Register a fill whose readers follow `tier`'s write `id`, dropping
+    /// entries of fills that are over.
+    pub(crate) fn register_fill(&self, tier: TierBit, id: u64, fill: FeedRef) {
+        let mut fills = self.fills.lock();
+        if fills.len() >= 64 {
+            fills.retain(|(_, id), fill| {
+                let live = fill.is_live();
+                if !live {
+                    self.fill_buckets[fill_bucket(*id)].fetch_sub(1, Ordering::AcqRel);
+                }
+                live
+            });
+        }
+        if fills.insert((tier as u8, id), fill).is_none() {
+            self.fill_buckets[fill_bucket(id)].fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Stop offering the fill of `tier`'s write `id`.
+    pub(crate) fn forget_fill(&self, tier: TierBit, id: u64) {
+        if self.fills.lock().remove(&(tier as u8, id)).is_some() {
+            self.fill_buckets[fill_bucket(id)].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// A meta as `CacheMeta::serialize` gives it: internal part and header.
 pub(crate) type SerializedMeta = (Vec<u8>, Vec<u8>);
 
@@ -67,6 +100,12 @@ pub(crate) struct Shared {
     /// not `Clone`).
     pub(crate) clients: Mutex<HashMap<u64, (SerializedMeta, ClientSlot)>>,
     pub(crate) next_client: AtomicU64,
+    /// Fills in progress by the tier their readers follow and that tier's
+    /// write id, so a request that finds such a write joins the fill.
+    pub(crate) fills: Mutex<HashMap<(u8, u64), FeedRef>>,
+    /// Entries of `fills` by id bucket: a hit locks `fills` only when its
+    /// id's bucket holds one (one atomic load otherwise).
+    pub(crate) fill_buckets: Box<[AtomicU64]>,
 }
 
 impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
@@ -85,6 +124,8 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
             clean: CleanSet::default(),
             clients: Mutex::default(),
             next_client: AtomicU64::new(1),
+            fills: Mutex::default(),
+            fill_buckets: (0..FILL_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         });
         if shared.admission.policy().demotes_hot_evictions() {
             let demoter = Arc::new(Demoter {
@@ -162,6 +203,33 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
                 Ok(None)
             }
             other => other,
+        }
+    }
+
+    /// A hit of `tier`: if it is the write of a fill in progress, the reader
+    /// that joins the fill (so it is served whole even where the tier stops
+    /// storing the body); `None` when the fill cannot take a reader from the
+    /// start any more, and the request must miss.
+    fn join_fill(&self, tier: TierBit, hit: HitHandler) -> Option<HitHandler> {
+        let Some(id) = hit.entry_id() else {
+            return Some(hit);
+        };
+        if self.shared.fill_buckets[fill_bucket(id.get())].load(Ordering::Acquire) == 0 {
+            return Some(hit);
+        }
+        let fill = self
+            .shared
+            .fills
+            .lock()
+            .get(&(tier as u8, id.get()))
+            .cloned();
+        let Some(fill) = fill else {
+            return Some(hit);
+        };
+        match fill.join(hit) {
+            Joined::Reader(reader) => Some(Box::new(reader)),
+            Joined::NotAFill(hit) => Some(hit),
+            Joined::Refused => None,
         }
     }
 
@@ -279,6 +347,9 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
         let client = if !private && self.support_streaming_partial_write() {
             let client_id = self.shared.next_client.fetch_add(1, Ordering::Relaxed);
             let (writer, slot) = client_feed();
+            if let Some((tier, Some(id))) = primary.as_ref().map(|(t, m)| (*t, m.entry_id())) {
+                self.shared.register_fill(tier, id.get(), writer.feed_ref());
+            }
             let serialized = meta.serialize()?;
             self.shared
                 .clients
@@ -554,6 +625,10 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         let found = self.hot.lookup(key, trace).await;
         match self.unless_moving(TierBit::Hot, || cache_key_hash64(key), found) {
             Ok(Some((meta, hit))) => {
+                let Some(hit) = self.join_fill(TierBit::Hot, hit) else {
+                    incr(&counters.misses);
+                    return Ok(None);
+                };
                 incr(&counters.hot_hits);
                 return Ok(Some((meta, TaggedHit::boxed(hit, TierBit::Hot))));
             }
@@ -575,6 +650,10 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
         let found = self.cold.lookup(key, trace).await;
         match self.unless_moving(TierBit::Cold, || slot, found) {
             Ok(Some((meta, hit))) => {
+                let Some(hit) = self.join_fill(TierBit::Cold, hit) else {
+                    incr(&counters.misses);
+                    return Ok(None);
+                };
                 incr(&counters.cold_hits);
                 let hit = self.cold_hit(key, slot, ticket, &meta, hit, trace).await;
                 Ok(Some((meta, hit)))
@@ -618,7 +697,9 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
             };
             let entry_id = follower.as_ref().and_then(|(_, hit)| hit.entry_id());
             let meta = CacheMeta::deserialize(&internal, &header)?;
-            let reader = slot.reader(follower.map(|(_, hit)| hit), entry_id);
+            let Some(reader) = slot.reader(follower.map(|(_, hit)| hit), entry_id) else {
+                return Ok(None);
+            };
             return Ok(Some((meta, Box::new(reader))));
         }
         match streaming_write_tag {
