@@ -69,7 +69,7 @@ async fn run(write: WritePolicy) -> HistoryReport {
         let hybrid = hybrid(write, dir.path()).await;
         let config = HistoryConfig {
             seed: round + 1,
-            keys: 5,
+            keys: 6,
             ..HistoryConfig::default()
         };
         report.absorb(run_histories(hybrid, config, move || hybrid.wait_for_moves().boxed()).await);
