@@ -116,6 +116,42 @@ async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> G
     }
 }
 
+/// A two-worker runtime and a client that ignores proxy settings.
+fn runtime_and_client() -> (tokio::runtime::Runtime, reqwest::Client) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    (rt, client)
+}
+
+/// A tiers proxy on a free port over the demo origin, caching in `dir`.
+fn tiers_options(
+    dir: &std::path::Path,
+    memory_mib: usize,
+    disk_mib: u64,
+    write: WriteArg,
+) -> ProxyOptions {
+    ProxyOptions {
+        listen: format!("127.0.0.1:{}", free_port().expect("port")),
+        upstream: None,
+        cache_dir: dir.join("cache"),
+        memory_mib,
+        disk_mib,
+        durability: DurabilityArg::None,
+        write,
+        promote_on_hit: 1,
+        storage: StorageArg::Tiers,
+        redis: None,
+        redis_cluster: Vec::new(),
+    }
+}
+
 fn sha(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
 }
@@ -136,15 +172,7 @@ fn the_proxy_caches_in_memory_and_on_disk_end_to_end() {
         redis: None,
         redis_cluster: Vec::new(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let (rt, client) = runtime_and_client();
     let proxy = Running::start(&opts);
     let url = |path: &str| format!("{}{path}", proxy.base);
 
@@ -272,15 +300,7 @@ fn two_proxies_share_one_redis_tier() {
         redis: Some(redis.url()),
         redis_cluster: Vec::new(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let (rt, client) = runtime_and_client();
     // A starts the demo origin; B proxies the same one.
     let a = Running::start(&opts(dir_a.path(), None));
     let b = Running::start(&opts(dir_b.path(), Some(a.upstream)));
@@ -363,15 +383,7 @@ fn two_proxies_share_one_redis_tier() {
 /// request, announced or chunked, in both write policies, and not cached.
 #[test]
 fn objects_over_the_tiers_limits_are_served_whole() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let (rt, client) = runtime_and_client();
     // (memory MiB, disk MiB, write policy, path): the two cases.
     let cases = [
         (64, 100, WriteArg::Through, "/bytes/40000000"),
@@ -381,20 +393,7 @@ fn objects_over_the_tiers_limits_are_served_whole() {
     ];
     for (memory_mib, disk_mib, write, path) in cases {
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = ProxyOptions {
-            listen: format!("127.0.0.1:{}", free_port().expect("port")),
-            upstream: None,
-            cache_dir: dir.path().join("cache"),
-            memory_mib,
-            disk_mib,
-            durability: DurabilityArg::None,
-            write,
-            promote_on_hit: 1,
-            storage: StorageArg::Tiers,
-            redis: None,
-            redis_cluster: Vec::new(),
-        };
-        let proxy = Running::start(&opts);
+        let proxy = Running::start(&tiers_options(dir.path(), memory_mib, disk_mib, write));
         let len: usize = path
             .rsplit('/')
             .next()
@@ -426,30 +425,9 @@ fn objects_over_the_tiers_limits_are_served_whole() {
 /// waiters follow it) are served whole too.
 #[test]
 fn concurrent_requests_of_an_oversize_object_are_all_whole() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let (rt, client) = runtime_and_client();
     let dir = tempfile::tempdir().expect("tempdir");
-    let opts = ProxyOptions {
-        listen: format!("127.0.0.1:{}", free_port().expect("port")),
-        upstream: None,
-        cache_dir: dir.path().join("cache"),
-        memory_mib: 8,
-        disk_mib: 64,
-        durability: DurabilityArg::None,
-        write: WriteArg::Back,
-        promote_on_hit: 1,
-        storage: StorageArg::Tiers,
-        redis: None,
-        redis_cluster: Vec::new(),
-    };
-    let proxy = Running::start(&opts);
+    let proxy = Running::start(&tiers_options(dir.path(), 8, 64, WriteArg::Back));
     let len = 20_000_001;
     let want = sha(&examples::origin::demo_body(len));
     let url = format!("{}/chunked/{len}", proxy.base);
