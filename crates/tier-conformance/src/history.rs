@@ -327,25 +327,11 @@ async fn write<S: Storage + Sync>(
     };
     let abort_at = (rng.u8(..10) == 0).then(|| rng.usize(..=len));
     let mut written = 0;
+    let mut aborted = false;
     for chunk in body.chunks(16 * 1024) {
         if abort_at.is_some_and(|at| written >= at) {
-            // A writer that goes away mid-body: nothing of it may be served
-            // once it is gone.
-            drop(miss);
-            let returned = run.clock.tick();
-            record(
-                run,
-                key,
-                Event::Write {
-                    generation,
-                    len,
-                    invoked,
-                    finish_started: returned,
-                    returned,
-                    ok: false,
-                },
-            );
-            return;
+            aborted = true;
+            break;
         }
         if miss
             .write_body(Bytes::copy_from_slice(chunk), false)
@@ -357,9 +343,19 @@ async fn write<S: Storage + Sync>(
         written += chunk.len();
         pause(rng, run.config.pause).await;
     }
-    let _ = miss.write_body(Bytes::new(), true).await;
-    let finish_started = run.clock.tick();
-    let ok = written == len && miss.finish().await.is_ok();
+    let (finish_started, ok) = if aborted {
+        // A writer that goes away mid-body: nothing of it may be served
+        // once it is gone.
+        drop(miss);
+        (run.clock.tick(), false)
+    } else {
+        let _ = miss.write_body(Bytes::new(), true).await;
+        let finish_started = run.clock.tick();
+        (
+            finish_started,
+            written == len && miss.finish().await.is_ok(),
+        )
+    };
     let returned = run.clock.tick();
     record(
         run,

@@ -113,11 +113,6 @@ impl HybridMiss {
             self.shared.forget_fill(tier, raw.get());
         }
     }
-
-    /// The tier the client's reader follows: the one the tag names.
-    fn client_tier(&self) -> Option<TierBit> {
-        self.primary_tier
-    }
 }
 
 impl Drop for HybridMiss {
@@ -138,7 +133,7 @@ impl HandleMiss for HybridMiss {
     /// after that (or straight from the origin, without streaming).
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
         let end = self.written + data.len() as u64;
-        let client_tier = self.client_tier();
+        let client_tier = self.primary_tier;
         for side in [&mut self.primary, &mut self.secondary] {
             let Some((tier, handler)) = side else {
                 continue;

@@ -97,18 +97,25 @@ fn policy(write: WritePolicy) -> Policy {
     Policy::default().write(write).promotion(Promotion::Always)
 }
 
+/// Write-through over a memory tier refusing bodies over 64 KiB.
+async fn small_memory_over_disk(
+    dir: &std::path::Path,
+) -> &'static HybridStorage<MemoryStorage, DiskStorage> {
+    HybridStorage::new(
+        memory(1 << 20, 64 << 10),
+        disk(dir).await,
+        policy(WritePolicy::WriteThrough),
+    )
+    .leak()
+}
+
 // ---- an overwrite too big for the hot tier ----------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overwrite_too_big_for_the_hot_tier_replaces_the_hot_copy() {
     for announce in [false, true] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let hybrid = HybridStorage::new(
-            memory(1 << 20, 64 << 10),
-            disk(dir.path()).await,
-            policy(WritePolicy::WriteThrough),
-        )
-        .leak();
+        let hybrid = small_memory_over_disk(dir.path()).await;
         put(hybrid, "k", b"small").await;
         let big = body(1, 200 << 10);
         let big_meta = if announce {
@@ -479,12 +486,7 @@ async fn an_object_over_every_limit_is_served_whole_and_not_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_one_tier_refuses_is_stored_in_the_other_and_served_whole() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let hybrid = HybridStorage::new(
-        memory(1 << 20, 64 << 10),
-        disk(dir.path()).await,
-        policy(WritePolicy::WriteThrough),
-    )
-    .leak();
+    let hybrid = small_memory_over_disk(dir.path()).await;
     let data = body(10, 500 << 10);
     let (got, finished) = fill_like_pingora(hybrid, "grows", &meta("grows"), &data).await;
     assert!(finished);
@@ -496,12 +498,7 @@ async fn a_body_one_tier_refuses_is_stored_in_the_other_and_served_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_of_an_aborted_fill_gets_an_error_not_a_clean_end() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let hybrid = HybridStorage::new(
-        memory(1 << 20, 64 << 10),
-        disk(dir.path()).await,
-        policy(WritePolicy::WriteThrough),
-    )
-    .leak();
+    let hybrid = small_memory_over_disk(dir.path()).await;
     let mut miss = hybrid
         .get_miss_handler(&key("aborted"), &meta("aborted"), &span())
         .await
