@@ -2,18 +2,24 @@
 
 use std::path::{Path, PathBuf};
 
-/// How hard a write works to survive a crash before `finish` returns.
+/// How hard a write works to survive a power cut before `finish` returns.
+///
+/// Every level survives a killed process: records are in the page cache
+/// once appended, and an entry is complete or absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// Publish by rename only. After a crash an entry is complete or absent,
-    /// but recent entries may be absent.
+    /// Append only. After a power cut, recent entries, purges and meta
+    /// updates may be lost (never half-present); the kernel writes them back
+    /// within its dirty-page interval (30 s by default on Linux).
     None,
-    /// Also fsync the file before the rename: an entry whose `finish`
-    /// returned survives a crash unless its directory entry was lost.
+    /// `finish`, `purge`, `expire` and `update_meta` return once their record
+    /// is on stable storage: concurrent ones share one `fdatasync` of the
+    /// segment being written (group commit), and a segment is synced when it
+    /// is sealed. Nothing acknowledged is lost to a power cut.
     #[default]
     Data,
-    /// Also fsync the directory after the rename (and after removals): an
-    /// entry whose `finish` returned survives a crash, and a purge stays purged.
+    /// As `Data`, and the directory is also synced when a segment file is
+    /// created or removed.
     Full,
 }
 
@@ -35,13 +41,15 @@ pub struct DiskConfig {
     pub(crate) block_size: usize,
     pub(crate) durability: Durability,
     pub(crate) io_concurrency: usize,
+    pub(crate) segment_bytes: u64,
+    pub(crate) write_timeout: std::time::Duration,
     pub(crate) name: String,
     pub(crate) fault_plan: Option<std::sync::Arc<crate::fsio::FaultPlan>>,
 }
 
 impl DiskConfig {
-    /// A tier in `dir` (created, mode 0700, if missing) holding at most
-    /// `capacity_bytes` of entry files.
+    /// A tier in `dir` (created, mode 0700, if missing) whose segment files
+    /// take at most `capacity_bytes` of disk (at least two segments).
     pub fn new(dir: impl Into<PathBuf>, capacity_bytes: u64) -> Self {
         DiskConfig {
             dir: dir.into(),
@@ -50,6 +58,8 @@ impl DiskConfig {
             block_size: 64 << 10,
             durability: Durability::default(),
             io_concurrency: 64,
+            segment_bytes: 64 << 20,
+            write_timeout: std::time::Duration::from_secs(10),
             name: "disk".to_string(),
             fault_plan: None,
         }
@@ -75,8 +85,23 @@ impl DiskConfig {
         self
     }
 
-    /// At most this many file operations at once on the blocking pool
-    /// (default 64).
+    /// The size of a segment file (default 64 MiB; at most an eighth of the
+    /// capacity, at least 64 KiB, at most 512 MiB). Eviction removes the
+    /// oldest segment whole, so this is also its step.
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes;
+        self
+    }
+
+    /// How long `finish` (or a purge or meta update) waits for the log
+    /// writer when it is behind before it fails with a clear error (default
+    /// 10 s). Waits and failures are counted.
+    pub fn write_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// At most this many reads at once on the blocking pool (default 64).
     pub fn io_concurrency(mut self, n: usize) -> Self {
         self.io_concurrency = n.max(1);
         self
@@ -101,15 +126,52 @@ impl DiskConfig {
         &self.dir
     }
 
-    /// The byte bound on entry files.
+    /// The byte bound on the segment files.
     pub fn capacity_bytes(&self) -> u64 {
         self.capacity_bytes
     }
 
-    /// The per-object body limit in force.
+    /// The per-object body limit in force: as set (default a quarter of the
+    /// capacity), and never more than all segments but two hold.
     pub fn effective_max_object_bytes(&self) -> u64 {
+        let layout = self.layout();
+        let room = layout.segment_bytes * (layout.max_segments.saturating_sub(2).max(1));
         self.max_object_bytes
             .unwrap_or(self.capacity_bytes / 4)
-            .min(self.capacity_bytes)
+            .min(room)
     }
+
+    pub(crate) fn layout(&self) -> Layout {
+        let segment_bytes = self
+            .segment_bytes
+            .min(self.capacity_bytes / 8)
+            .min(crate::index::MAX_SEGMENT_BYTES)
+            .max(MIN_SEGMENT)
+            / 4096
+            * 4096;
+        let block_size = self.block_size.min((segment_bytes / 4) as usize).max(crate::format::MIN_BLOCK);
+        let fragment_bytes = ((256 << 10).min(segment_bytes as usize / 8) / block_size).max(1) * block_size;
+        Layout {
+            segment_bytes,
+            block_size,
+            fragment_bytes,
+            max_segments: (self.capacity_bytes / segment_bytes).max(2),
+        }
+    }
+}
+
+const MIN_SEGMENT: u64 = 64 << 10;
+
+/// Sizes derived from a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// The size of a new segment file.
+    pub(crate) segment_bytes: u64,
+    /// The checksum block size of new records.
+    pub(crate) block_size: usize,
+    /// A body longer than this is written in fragments of this size ahead
+    /// of its entry record.
+    pub(crate) fragment_bytes: usize,
+    /// Segments the capacity holds (at least two).
+    pub(crate) max_segments: u64,
 }

@@ -1,54 +1,120 @@
-//! The on-disk format of one entry file (version 1).
+//! The on-disk format, version 2: segment files of packed records.
+//!
+//! A segment is a preallocated file of fixed size, named
+//! `seg-<id as 16 hex digits>.v2`:
 //!
 //! ```text
-//! offset  size  field
-//! 0       8     magic "TIERSDSK"
-//! 8       4     format version (1), little-endian like every integer here
-//! 12      4     block size B
-//! 16      8     entry id (generation)
-//! 24      8     body length L
-//! 32      4     key length K
-//! 36      4     internal meta length I
-//! 40      4     response header length H
-//! 44      4     checksum: low 32 bits of XXH3-64 over bytes 0..44 and 48..64,
-//!               then the key, internal meta and header bytes
-//! 48      16    reserved, zero
-//! 64      K     key: primary hash (16), variance flag (1) [+ variance hash (16)],
-//!               user tag (rest)
-//! 64+K    I     pingora's serialized internal meta
-//! ..      H     pingora's serialized response header
-//! D=64+K+I+H    body blocks: each is up to B bytes of body followed by the
-//!               low 32 bits of XXH3-64 of the block bytes, seeded with the
-//!               entry id and the block index
+//! segment header (64 B, at 0)
+//! 0   8  magic "TIERSSEG"
+//! 8   4  format version (2), little-endian like every integer here
+//! 12  4  block size B of the records in this segment
+//! 16  8  segment id (increasing, never reused)
+//! 24  8  segment size S
+//! 32  28 reserved, zero
+//! 60  4  checksum: low 32 bits of XXH3-64 over bytes 0..60
+//!
+//! records, from offset 64, each starting at a multiple of 8
+//!
+//! summary (sealed segments): one 32 B line per record, after the last one
+//! 0   8  key hash     8  8  aux (see Kind)     16  4  record offset
+//! 20  4  record length     24  1  kind     25  7  zero
+//!
+//! footer (sealed segments, at S - 64)
+//! 0   8  magic "TIERSEND"
+//! 8   8  summary offset    16  4  records    20  4  summary checksum
+//! 24  8  the highest sequence number or entry id in the segment
+//! 32  28 reserved, zero    60  4  checksum over bytes 0..60
 //! ```
 //!
-//! A file is `D + L + 4 * ceil(L / B)` bytes long. The header checksum covers
-//! the key and meta, because pingora decodes many corrupted metas as another
+//! A record:
+//!
+//! ```text
+//! 0   4  magic "TSR2"
+//! 4   1  kind: 1 entry, 2 fragment, 3 meta update, 4 purge
+//! 5   1  zero
+//! 6   2  key length K
+//! 8   8  sequence number (increasing over the whole log)
+//! 16  8  entry id (the sequence number of the write that made the entry)
+//! 24  8  body length (fragment: the body offset of its first byte)
+//! 32  4  internal meta length I     36  4  response header length H
+//! 40  4  extra length X             44  4  data length D
+//! 48  4  reserved, zero
+//! 52  4  checksum: low 32 bits of XXH3-64 over bytes 0..52 and the
+//!        key, meta and extra bytes
+//! 56  K  key: primary hash (16), variance flag (1) [+ variance hash (16)],
+//!        user tag (rest)
+//! ..  I  pingora's serialized internal meta
+//! ..  H  pingora's serialized response header
+//! ..  X  extra: entry, its fragments (16 B each: segment id, offset,
+//!        length); meta update, the entry record's location (8), its
+//!        length (4), zero (4), and the record it replaces (8); purge, the
+//!        record it removes (8, 0 for whatever is there)
+//! ..  D  data: body bytes in blocks of up to B bytes, each followed by the
+//!        low 32 bits of XXH3-64 of the block, seeded with the entry id and
+//!        the block's index in the whole body
+//! ```
+//!
+//! Locations are `segment id << 32 | offset`. The header checksum covers the
+//! key and meta, because pingora decodes many corrupted metas as another
 //! valid meta; the block checksums let a streaming reader check each block
 //! before it hands the bytes out, and their seed binds a block to its entry
-//! and position so blocks of two files can never be mixed.
+//! and position so blocks of two writes can never be mixed.
 
 use pingora_cache::key::CompactCacheKey;
 
-pub(crate) const MAGIC: [u8; 8] = *b"TIERSDSK";
-pub(crate) const VERSION: u32 = 1;
-pub(crate) const FIXED_LEN: usize = 64;
+pub(crate) const SEG_MAGIC: [u8; 8] = *b"TIERSSEG";
+pub(crate) const FOOTER_MAGIC: [u8; 8] = *b"TIERSEND";
+pub(crate) const REC_MAGIC: [u8; 4] = *b"TSR2";
+pub(crate) const VERSION: u32 = 2;
+pub(crate) const SEG_HEADER_LEN: u64 = 64;
+pub(crate) const FOOTER_LEN: u64 = 64;
+pub(crate) const FIXED_LEN: usize = 56;
 pub(crate) const CRC_LEN: usize = 4;
+pub(crate) const SUMMARY_LINE: usize = 32;
+pub(crate) const FRAG_REF_LEN: usize = 16;
+pub(crate) const ALIGN: u64 = 8;
 
-/// Limits a decoder enforces before trusting any length it reads.
-const MAX_KEY_LEN: usize = 33 + 4096;
-const MAX_INTERNAL_LEN: usize = 64 << 10;
-const MAX_HEADER_LEN: usize = 1 << 20;
+/// Limits a decoder enforces before trusting any length it reads; the
+/// writer refuses, with a clear error, anything it could not read back.
+pub(crate) const MAX_KEY_LEN: usize = 33 + 4096;
+pub(crate) const MAX_INTERNAL_LEN: usize = 64 << 10;
+pub(crate) const MAX_HEADER_LEN: usize = 1 << 20;
+pub(crate) const MAX_EXTRA_LEN: usize = 4 << 20;
 pub(crate) const MIN_BLOCK: usize = 4 << 10;
 pub(crate) const MAX_BLOCK: usize = 16 << 20;
-const MAX_BODY_LEN: u64 = 1 << 42;
+pub(crate) const MAX_BODY_LEN: u64 = 1 << 42;
 
-/// Why bytes are not a usable entry.
+/// What a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// An entry: key, meta, the list of its fragments, the rest of its body.
+    Entry = 1,
+    /// Part of a large body written ahead of its entry record.
+    Fragment = 2,
+    /// New meta for an entry whose body stays where it is.
+    Meta = 3,
+    /// The key's entry is gone.
+    Purge = 4,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        match b {
+            1 => Some(Kind::Entry),
+            2 => Some(Kind::Fragment),
+            3 => Some(Kind::Meta),
+            4 => Some(Kind::Purge),
+            _ => None,
+        }
+    }
+}
+
+/// Why bytes are not a usable record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FormatError {
-    /// Not a file of ours (wrong magic).
+    /// Not ours (wrong magic): past the end of the records, or overwritten.
     NotOurs,
-    /// Ours, but another format version: skipped, never trusted.
+    /// Ours, but another format version: never trusted.
     OtherVersion(u32),
     /// Ours and this version, but inconsistent: corrupt.
     Corrupt(&'static str),
@@ -57,137 +123,291 @@ pub(crate) enum FormatError {
 impl std::fmt::Display for FormatError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FormatError::NotOurs => write!(f, "not a tiers disk entry (bad magic)"),
+            FormatError::NotOurs => write!(f, "not a tiers record (bad magic)"),
             FormatError::OtherVersion(v) => {
                 write!(f, "format version {v}, this build reads {VERSION}")
             }
-            FormatError::Corrupt(why) => write!(f, "corrupt entry: {why}"),
+            FormatError::Corrupt(why) => write!(f, "corrupt record: {why}"),
         }
     }
 }
 
-/// The fixed 64 bytes, decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Fixed {
-    pub(crate) block_size: usize,
-    pub(crate) entry_id: u64,
-    pub(crate) body_len: u64,
-    pub(crate) key_len: usize,
-    pub(crate) internal_len: usize,
-    pub(crate) header_len: usize,
-    pub(crate) crc: u32,
-}
-
-impl Fixed {
-    /// Bytes of key and meta after the fixed part.
-    pub(crate) fn var_len(&self) -> usize {
-        self.key_len + self.internal_len + self.header_len
-    }
-
-    /// Offset of the first body block.
-    pub(crate) fn data_start(&self) -> u64 {
-        (FIXED_LEN + self.var_len()) as u64
-    }
-
-    /// The length the whole file must have.
-    pub(crate) fn file_len(&self) -> u64 {
-        self.data_start() + stored_body_len(self.body_len, self.block_size)
-    }
-}
-
-/// Body bytes plus their block checksums.
-pub(crate) fn stored_body_len(body_len: u64, block_size: usize) -> u64 {
-    body_len + CRC_LEN as u64 * body_len.div_ceil(block_size as u64)
-}
-
-/// A decoded header: everything but the body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Header {
-    pub(crate) fixed: Fixed,
-    pub(crate) key: CompactCacheKey,
-    pub(crate) internal: Vec<u8>,
-    pub(crate) header: Vec<u8>,
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut w = [0u8; 4];
     w.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(w)
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(w)
 }
 
-/// Decode and bound-check the fixed part.
-pub(crate) fn decode_fixed(b: &[u8; FIXED_LEN]) -> Result<Fixed, FormatError> {
-    if b[0..8] != MAGIC {
+fn crc32(parts: &[&[u8]]) -> u32 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.digest() as u32
+}
+
+/// A location in the log: segment id and byte offset.
+pub(crate) fn loc(segment: u64, offset: u64) -> u64 {
+    segment << 32 | offset
+}
+
+pub(crate) fn loc_parts(loc: u64) -> (u64, u64) {
+    (loc >> 32, loc & 0xffff_ffff)
+}
+
+// ---- segment header and footer ---------------------------------------------
+
+/// The 64-byte header of segment `id`.
+pub(crate) fn encode_segment_header(id: u64, size: u64, block_size: usize) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    b[0..8].copy_from_slice(&SEG_MAGIC);
+    b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    b[12..16].copy_from_slice(&(block_size as u32).to_le_bytes());
+    b[16..24].copy_from_slice(&id.to_le_bytes());
+    b[24..32].copy_from_slice(&size.to_le_bytes());
+    let crc = crc32(&[&b[0..60]]);
+    b[60..64].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// A decoded segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentHeader {
+    pub(crate) id: u64,
+    pub(crate) size: u64,
+    pub(crate) block_size: usize,
+}
+
+pub(crate) fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, FormatError> {
+    if b.len() < 64 || b[0..8] != SEG_MAGIC {
         return Err(FormatError::NotOurs);
     }
     let version = u32_at(b, 8);
     if version != VERSION {
         return Err(FormatError::OtherVersion(version));
     }
-    let fixed = Fixed {
+    if crc32(&[&b[0..60]]) != u32_at(b, 60) {
+        return Err(FormatError::Corrupt("segment header checksum mismatch"));
+    }
+    let header = SegmentHeader {
         block_size: u32_at(b, 12) as usize,
+        id: u64_at(b, 16),
+        size: u64_at(b, 24),
+    };
+    if !(MIN_BLOCK..=MAX_BLOCK).contains(&header.block_size) {
+        return Err(FormatError::Corrupt("block size out of range"));
+    }
+    if header.size < SEG_HEADER_LEN + FOOTER_LEN || header.size > u32::MAX as u64 {
+        return Err(FormatError::Corrupt("segment size out of range"));
+    }
+    Ok(header)
+}
+
+/// One line of a segment's summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SummaryLine {
+    pub(crate) hash: u64,
+    /// Entry: the oldest segment holding one of its fragments (`u64::MAX`
+    /// if none). Meta update and purge: the location of the record they
+    /// replace or remove (0: whatever is there).
+    pub(crate) aux: u64,
+    pub(crate) offset: u32,
+    pub(crate) len: u32,
+    pub(crate) kind: Kind,
+}
+
+pub(crate) fn encode_summary(lines: &[SummaryLine], out: &mut Vec<u8>) {
+    for l in lines {
+        out.extend_from_slice(&l.hash.to_le_bytes());
+        out.extend_from_slice(&l.aux.to_le_bytes());
+        out.extend_from_slice(&l.offset.to_le_bytes());
+        out.extend_from_slice(&l.len.to_le_bytes());
+        out.push(l.kind as u8);
+        out.extend_from_slice(&[0u8; 7]);
+    }
+}
+
+pub(crate) fn decode_summary(b: &[u8]) -> Result<Vec<SummaryLine>, FormatError> {
+    if b.len() % SUMMARY_LINE != 0 {
+        return Err(FormatError::Corrupt("summary length"));
+    }
+    b.chunks_exact(SUMMARY_LINE)
+        .map(|c| {
+            Ok(SummaryLine {
+                hash: u64_at(c, 0),
+                aux: u64_at(c, 8),
+                offset: u32_at(c, 16),
+                len: u32_at(c, 20),
+                kind: Kind::from_u8(c[24]).ok_or(FormatError::Corrupt("summary kind"))?,
+            })
+        })
+        .collect()
+}
+
+/// A decoded footer: where the summary is and how to check it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Footer {
+    pub(crate) summary_offset: u64,
+    pub(crate) records: u32,
+    pub(crate) summary_crc: u32,
+    pub(crate) max_seq: u64,
+}
+
+pub(crate) fn summary_crc(summary: &[u8]) -> u32 {
+    crc32(&[summary])
+}
+
+pub(crate) fn encode_footer(footer: Footer) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    b[0..8].copy_from_slice(&FOOTER_MAGIC);
+    b[8..16].copy_from_slice(&footer.summary_offset.to_le_bytes());
+    b[16..20].copy_from_slice(&footer.records.to_le_bytes());
+    b[20..24].copy_from_slice(&footer.summary_crc.to_le_bytes());
+    b[24..32].copy_from_slice(&footer.max_seq.to_le_bytes());
+    let crc = crc32(&[&b[0..60]]);
+    b[60..64].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// `None` when there is no valid footer (the segment was not sealed).
+pub(crate) fn decode_footer(b: &[u8], segment_size: u64) -> Option<Footer> {
+    if b.len() < 64 || b[0..8] != FOOTER_MAGIC || crc32(&[&b[0..60]]) != u32_at(b, 60) {
+        return None;
+    }
+    let footer = Footer {
+        summary_offset: u64_at(b, 8),
+        records: u32_at(b, 16),
+        summary_crc: u32_at(b, 20),
+        max_seq: u64_at(b, 24),
+    };
+    let end = footer
+        .summary_offset
+        .checked_add(footer.records as u64 * SUMMARY_LINE as u64)?;
+    (footer.summary_offset >= SEG_HEADER_LEN && end <= segment_size - FOOTER_LEN).then_some(footer)
+}
+
+// ---- records ----------------------------------------------------------------
+
+/// The fixed part of a record, decoded and bound-checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fixed {
+    pub(crate) kind: Kind,
+    pub(crate) seq: u64,
+    pub(crate) entry_id: u64,
+    pub(crate) body_len: u64,
+    pub(crate) key_len: usize,
+    pub(crate) internal_len: usize,
+    pub(crate) header_len: usize,
+    pub(crate) extra_len: usize,
+    pub(crate) data_len: u64,
+    crc: u32,
+}
+
+impl Fixed {
+    /// Bytes of key, meta and extra after the fixed part.
+    pub(crate) fn var_len(&self) -> usize {
+        self.key_len + self.internal_len + self.header_len + self.extra_len
+    }
+
+    /// Offset of the first data block from the record's start.
+    pub(crate) fn data_start(&self) -> u64 {
+        (FIXED_LEN + self.var_len()) as u64
+    }
+
+    /// The record's length on disk, padding included.
+    pub(crate) fn record_len(&self, block_size: usize) -> u64 {
+        aligned(self.data_start() + stored_len(self.data_len, block_size))
+    }
+}
+
+/// `n` rounded up to the record alignment.
+pub(crate) fn aligned(n: u64) -> u64 {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// Data bytes plus their block checksums.
+pub(crate) fn stored_len(data_len: u64, block_size: usize) -> u64 {
+    data_len + CRC_LEN as u64 * data_len.div_ceil(block_size as u64)
+}
+
+/// Decode and bound-check the fixed part of a record.
+pub(crate) fn decode_fixed(b: &[u8]) -> Result<Fixed, FormatError> {
+    if b.len() < FIXED_LEN || b[0..3] != REC_MAGIC[0..3] {
+        return Err(FormatError::NotOurs);
+    }
+    if b[3] != REC_MAGIC[3] {
+        return Err(FormatError::OtherVersion(u32::from(b[3].wrapping_sub(b'0'))));
+    }
+    let kind = Kind::from_u8(b[4]).ok_or(FormatError::Corrupt("unknown record kind"))?;
+    let fixed = Fixed {
+        kind,
+        key_len: u16::from_le_bytes([b[6], b[7]]) as usize,
+        seq: u64_at(b, 8),
         entry_id: u64_at(b, 16),
         body_len: u64_at(b, 24),
-        key_len: u32_at(b, 32) as usize,
-        internal_len: u32_at(b, 36) as usize,
-        header_len: u32_at(b, 40) as usize,
-        crc: u32_at(b, 44),
+        internal_len: u32_at(b, 32) as usize,
+        header_len: u32_at(b, 36) as usize,
+        extra_len: u32_at(b, 40) as usize,
+        data_len: u32_at(b, 44) as u64,
+        crc: u32_at(b, 52),
     };
-    if !(MIN_BLOCK..=MAX_BLOCK).contains(&fixed.block_size) {
-        return Err(FormatError::Corrupt("block size out of range"));
+    if b[5] != 0 || u32_at(b, 48) != 0 {
+        return Err(FormatError::Corrupt("reserved bytes set"));
     }
     if fixed.key_len < 17 || fixed.key_len > MAX_KEY_LEN {
         return Err(FormatError::Corrupt("key length out of range"));
     }
-    if fixed.internal_len > MAX_INTERNAL_LEN || fixed.header_len > MAX_HEADER_LEN {
+    if fixed.internal_len > MAX_INTERNAL_LEN
+        || fixed.header_len > MAX_HEADER_LEN
+        || fixed.extra_len > MAX_EXTRA_LEN
+    {
         return Err(FormatError::Corrupt("meta length out of range"));
     }
     if fixed.body_len > MAX_BODY_LEN {
         return Err(FormatError::Corrupt("body length out of range"));
     }
-    if b[48..64].iter().any(|&x| x != 0) {
-        return Err(FormatError::Corrupt("reserved bytes set"));
-    }
     Ok(fixed)
 }
 
-fn header_crc(fixed_bytes: &[u8], var: &[u8]) -> u32 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(&fixed_bytes[0..44]);
-    h.update(&fixed_bytes[48..64]);
-    h.update(var);
-    h.digest() as u32
+/// A record's key, meta and extra, checked against the header checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub(crate) fixed: Fixed,
+    pub(crate) key: CompactCacheKey,
+    pub(crate) internal: Vec<u8>,
+    pub(crate) header: Vec<u8>,
+    pub(crate) extra: Vec<u8>,
 }
 
-/// Decode the key and meta that follow `fixed`, checking the header checksum.
-pub(crate) fn decode_var(
-    fixed_bytes: &[u8; FIXED_LEN],
-    fixed: &Fixed,
-    var: &[u8],
-) -> Result<Header, FormatError> {
-    if var.len() != fixed.var_len() {
-        return Err(FormatError::Corrupt("header shorter than its lengths say"));
-    }
-    if header_crc(fixed_bytes, var) != fixed.crc {
-        return Err(FormatError::Corrupt("header checksum mismatch"));
+/// Decode the head of the record at the start of `b` (which holds at least
+/// its fixed part and variable part), checking the header checksum.
+pub(crate) fn decode_head(b: &[u8]) -> Result<Head, FormatError> {
+    let fixed = decode_fixed(b)?;
+    let var = b
+        .get(FIXED_LEN..FIXED_LEN + fixed.var_len())
+        .ok_or(FormatError::Corrupt("record shorter than its lengths say"))?;
+    if crc32(&[&b[0..52], var]) != fixed.crc {
+        return Err(FormatError::Corrupt("record header checksum mismatch"));
     }
     let (key_bytes, rest) = var.split_at(fixed.key_len);
-    let (internal, header) = rest.split_at(fixed.internal_len);
-    Ok(Header {
-        fixed: *fixed,
+    let (internal, rest) = rest.split_at(fixed.internal_len);
+    let (header, extra) = rest.split_at(fixed.header_len);
+    Ok(Head {
+        fixed,
         key: decode_key(key_bytes)?,
         internal: internal.to_vec(),
         header: header.to_vec(),
+        extra: extra.to_vec(),
     })
 }
 
-fn encode_key(key: &CompactCacheKey, out: &mut Vec<u8>) {
+pub(crate) fn encode_key(key: &CompactCacheKey, out: &mut Vec<u8>) {
     out.extend_from_slice(&key.primary);
     match &key.variance {
         Some(v) => {
@@ -197,6 +417,11 @@ fn encode_key(key: &CompactCacheKey, out: &mut Vec<u8>) {
         None => out.push(0),
     }
     out.extend_from_slice(key.user_tag.as_bytes());
+}
+
+/// Bytes `key` takes in a record.
+pub(crate) fn key_len(key: &CompactCacheKey) -> usize {
+    17 + key.variance.as_ref().map_or(0, |_| 16) + key.user_tag.len()
 }
 
 fn decode_key(b: &[u8]) -> Result<CompactCacheKey, FormatError> {
@@ -220,35 +445,90 @@ fn decode_key(b: &[u8]) -> Result<CompactCacheKey, FormatError> {
     })
 }
 
-/// Encode a complete header for an entry of `body_len` bytes.
-pub(crate) fn encode_header(
-    key: &CompactCacheKey,
-    entry_id: u64,
-    block_size: usize,
-    body_len: u64,
-    internal: &[u8],
-    header: &[u8],
-) -> Vec<u8> {
-    let mut var = Vec::with_capacity(64 + internal.len() + header.len());
-    encode_key(key, &mut var);
-    let key_len = var.len();
-    var.extend_from_slice(internal);
-    var.extend_from_slice(header);
+/// What goes into one record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordSpec<'a> {
+    pub(crate) kind: Kind,
+    pub(crate) seq: u64,
+    pub(crate) entry_id: u64,
+    pub(crate) body_len: u64,
+    pub(crate) key: &'a CompactCacheKey,
+    pub(crate) internal: &'a [u8],
+    pub(crate) header: &'a [u8],
+    pub(crate) extra: &'a [u8],
+    /// Body bytes stored in this record, and the index in the whole body of
+    /// their first block.
+    pub(crate) data: &'a [u8],
+    pub(crate) first_block: u64,
+    pub(crate) block_size: usize,
+}
+
+/// The length `spec` will have on disk.
+pub(crate) fn record_len(spec: &RecordSpec<'_>) -> u64 {
+    aligned(
+        (FIXED_LEN + key_len(spec.key) + spec.internal.len() + spec.header.len() + spec.extra.len())
+            as u64
+            + stored_len(spec.data.len() as u64, spec.block_size),
+    )
+}
+
+/// Why a record cannot be written: it could never be read back.
+pub(crate) fn check_spec(spec: &RecordSpec<'_>) -> Result<(), &'static str> {
+    if key_len(spec.key) > MAX_KEY_LEN {
+        return Err("the key's user tag is longer than the 4,096 bytes a record holds");
+    }
+    if spec.internal.len() > MAX_INTERNAL_LEN || spec.header.len() > MAX_HEADER_LEN {
+        return Err("the serialized meta is larger than a record holds");
+    }
+    if spec.extra.len() > MAX_EXTRA_LEN {
+        return Err("the body has more fragments than a record can list");
+    }
+    if spec.data.len() > u32::MAX as usize || spec.body_len > MAX_BODY_LEN {
+        return Err("the body is longer than a record holds");
+    }
+    Ok(())
+}
+
+/// Encode a record (padding included) onto `out`.
+pub(crate) fn encode_record(spec: &RecordSpec<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
     let mut fixed = [0u8; FIXED_LEN];
-    fixed[0..8].copy_from_slice(&MAGIC);
-    fixed[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    fixed[12..16].copy_from_slice(&(block_size as u32).to_le_bytes());
-    fixed[16..24].copy_from_slice(&entry_id.to_le_bytes());
-    fixed[24..32].copy_from_slice(&body_len.to_le_bytes());
-    fixed[32..36].copy_from_slice(&(key_len as u32).to_le_bytes());
-    fixed[36..40].copy_from_slice(&(internal.len() as u32).to_le_bytes());
-    fixed[40..44].copy_from_slice(&(header.len() as u32).to_le_bytes());
-    let crc = header_crc(&fixed, &var);
-    fixed[44..48].copy_from_slice(&crc.to_le_bytes());
-    let mut out = Vec::with_capacity(FIXED_LEN + var.len());
+    fixed[0..4].copy_from_slice(&REC_MAGIC);
+    fixed[4] = spec.kind as u8;
+    fixed[6..8].copy_from_slice(&(key_len(spec.key) as u16).to_le_bytes());
+    fixed[8..16].copy_from_slice(&spec.seq.to_le_bytes());
+    fixed[16..24].copy_from_slice(&spec.entry_id.to_le_bytes());
+    fixed[24..32].copy_from_slice(&spec.body_len.to_le_bytes());
+    fixed[32..36].copy_from_slice(&(spec.internal.len() as u32).to_le_bytes());
+    fixed[36..40].copy_from_slice(&(spec.header.len() as u32).to_le_bytes());
+    fixed[40..44].copy_from_slice(&(spec.extra.len() as u32).to_le_bytes());
+    fixed[44..48].copy_from_slice(&(spec.data.len() as u32).to_le_bytes());
     out.extend_from_slice(&fixed);
-    out.extend_from_slice(&var);
-    out
+    encode_key(spec.key, out);
+    out.extend_from_slice(spec.internal);
+    out.extend_from_slice(spec.header);
+    out.extend_from_slice(spec.extra);
+    let crc = crc32(&[&out[start..start + 52], &out[start + FIXED_LEN..]]);
+    out[start + 52..start + 56].copy_from_slice(&crc.to_le_bytes());
+    for (i, block) in spec.data.chunks(spec.block_size).enumerate() {
+        out.extend_from_slice(block);
+        let c = block_crc(spec.entry_id, spec.first_block + i as u64, block);
+        out.extend_from_slice(&c.to_le_bytes());
+    }
+    let padded = start as u64 + aligned((out.len() - start) as u64);
+    out.resize(padded as usize, 0);
+}
+
+/// Give the encoded record at the start of `rec` its sequence number (the
+/// log writer numbers records in the order it appends them), updating the
+/// header checksum.
+pub(crate) fn stamp(rec: &mut [u8], seq: u64) -> Result<(), FormatError> {
+    let fixed = decode_fixed(rec)?;
+    rec[8..16].copy_from_slice(&seq.to_le_bytes());
+    let var_end = FIXED_LEN + fixed.var_len();
+    let crc = crc32(&[&rec[0..52], &rec[FIXED_LEN..var_end]]);
+    rec[52..56].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 /// The checksum stored after body block `index` of entry `entry_id`.
@@ -258,6 +538,98 @@ pub(crate) fn block_crc(entry_id: u64, index: u64, data: &[u8]) -> u32 {
     xxhash_rust::xxh3::xxh3_64_with_seed(data, seed) as u32
 }
 
+/// Check the blocks of `raw` (data with checksums, as stored) and return
+/// where each block's bytes are in it; `first_block` is the index of the
+/// first block in the whole body.
+pub(crate) fn check_blocks(
+    raw: &[u8],
+    data_len: u64,
+    block_size: usize,
+    entry_id: u64,
+    first_block: u64,
+    verify: bool,
+) -> Result<Vec<std::ops::Range<usize>>, String> {
+    let mut ranges = Vec::with_capacity(data_len.div_ceil(block_size as u64) as usize);
+    let mut at = 0usize;
+    let mut left = data_len as usize;
+    let mut index = first_block;
+    while left > 0 {
+        let len = left.min(block_size);
+        let Some(stored) = raw.get(at + len..at + len + CRC_LEN) else {
+            return Err(format!("body block {index} is cut short"));
+        };
+        if verify && u32_at(stored, 0) != block_crc(entry_id, index, &raw[at..at + len]) {
+            return Err(format!("body block {index} failed its checksum"));
+        }
+        ranges.push(at..at + len);
+        at += len + CRC_LEN;
+        left -= len;
+        index += 1;
+    }
+    Ok(ranges)
+}
+
+/// A fragment reference in an entry record's extra bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FragRef {
+    pub(crate) segment: u64,
+    pub(crate) offset: u32,
+    pub(crate) len: u32,
+}
+
+pub(crate) fn encode_frags(frags: &[FragRef]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frags.len() * FRAG_REF_LEN);
+    for f in frags {
+        out.extend_from_slice(&f.segment.to_le_bytes());
+        out.extend_from_slice(&f.offset.to_le_bytes());
+        out.extend_from_slice(&f.len.to_le_bytes());
+    }
+    out
+}
+
+pub(crate) fn decode_frags(extra: &[u8]) -> Result<Vec<FragRef>, FormatError> {
+    if extra.len() % FRAG_REF_LEN != 0 {
+        return Err(FormatError::Corrupt("fragment list length"));
+    }
+    Ok(extra
+        .chunks_exact(FRAG_REF_LEN)
+        .map(|c| FragRef {
+            segment: u64_at(c, 0),
+            offset: u32_at(c, 8),
+            len: u32_at(c, 12),
+        })
+        .collect())
+}
+
+/// A meta update's extra bytes: the entry record it keeps the body of, and
+/// the record it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MetaRef {
+    pub(crate) body_at: u64,
+    pub(crate) body_record_len: u32,
+    pub(crate) replaces: u64,
+}
+
+pub(crate) fn encode_meta_ref(r: MetaRef) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24);
+    out.extend_from_slice(&r.body_at.to_le_bytes());
+    out.extend_from_slice(&r.body_record_len.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&r.replaces.to_le_bytes());
+    out
+}
+
+pub(crate) fn decode_meta_ref(extra: &[u8]) -> Result<MetaRef, FormatError> {
+    if extra.len() != 24 {
+        return Err(FormatError::Corrupt("meta update reference length"));
+    }
+    Ok(MetaRef {
+        body_at: u64_at(extra, 0),
+        body_record_len: u32_at(extra, 8),
+        replaces: u64_at(extra, 16),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,56 +637,85 @@ mod tests {
     use pingora_cache::CacheKey;
     use proptest::prelude::*;
 
-    fn sample() -> (CompactCacheKey, Vec<u8>) {
+    fn key() -> CompactCacheKey {
         let mut key = CacheKey::new("k", "tag");
         key.set_variance_key(hash_key("br"));
-        let key = key.to_compact();
-        let bytes = encode_header(&key, 42, 64 << 10, 1000, b"internal", b"header");
-        (key, bytes)
+        key.to_compact()
     }
 
-    fn decode(bytes: &[u8]) -> Result<Header, FormatError> {
-        let fixed_bytes: [u8; FIXED_LEN] = bytes
-            .get(..FIXED_LEN)
-            .and_then(|b| b.try_into().ok())
-            .ok_or(FormatError::Corrupt("short"))?;
-        let fixed = decode_fixed(&fixed_bytes)?;
-        let var = bytes
-            .get(FIXED_LEN..FIXED_LEN + fixed.var_len())
-            .ok_or(FormatError::Corrupt("short"))?;
-        decode_var(&fixed_bytes, &fixed, var)
+    fn sample(data: &[u8]) -> Vec<u8> {
+        let key = key();
+        let mut out = Vec::new();
+        encode_record(
+            &RecordSpec {
+                kind: Kind::Entry,
+                seq: 7,
+                entry_id: 42,
+                body_len: data.len() as u64,
+                key: &key,
+                internal: b"internal",
+                header: b"header",
+                extra: &[],
+                data,
+                first_block: 0,
+                block_size: MIN_BLOCK,
+            },
+            &mut out,
+        );
+        out
     }
 
     #[test]
-    fn header_round_trips() {
-        let (key, bytes) = sample();
-        let header = decode(&bytes).expect("decodes");
-        assert_eq!(header.key, key);
-        assert_eq!(header.fixed.entry_id, 42);
-        assert_eq!(header.fixed.body_len, 1000);
-        assert_eq!(header.internal, b"internal");
-        assert_eq!(header.header, b"header");
-        assert_eq!(header.fixed.file_len(), bytes.len() as u64 + 1000 + 4);
+    fn a_record_round_trips() {
+        let data = vec![9u8; 10_000];
+        let bytes = sample(&data);
+        let head = decode_head(&bytes).expect("decodes");
+        assert_eq!(head.key, key());
+        assert_eq!(head.fixed.entry_id, 42);
+        assert_eq!(head.fixed.seq, 7);
+        assert_eq!(head.fixed.body_len, 10_000);
+        assert_eq!(head.internal, b"internal");
+        assert_eq!(head.header, b"header");
+        assert_eq!(head.fixed.record_len(MIN_BLOCK), bytes.len() as u64);
+        assert_eq!(bytes.len() as u64 % ALIGN, 0);
+        let start = head.fixed.data_start() as usize;
+        let ranges = check_blocks(&bytes[start..], 10_000, MIN_BLOCK, 42, 0, true).expect("checks");
+        let body: Vec<u8> = ranges.iter().flat_map(|r| bytes[start..][r.clone()].to_vec()).collect();
+        assert_eq!(body, data);
     }
 
     #[test]
     fn every_single_bit_flip_is_detected() {
-        let (_, bytes) = sample();
-        for bit in 0..bytes.len() * 8 {
+        let data = vec![3u8; 100];
+        let bytes = sample(&data);
+        let head = decode_head(&bytes).expect("decodes");
+        // Everything but the alignment padding is covered by a checksum.
+        let covered = (head.fixed.data_start() + stored_len(100, MIN_BLOCK)) as usize;
+        for bit in 0..covered * 8 {
             let mut flipped = bytes.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                decode(&flipped).is_err(),
-                "flip of bit {bit} went unnoticed"
-            );
+            let ok = decode_head(&flipped).and_then(|head| {
+                let start = head.fixed.data_start() as usize;
+                check_blocks(&flipped[start..], head.fixed.data_len, MIN_BLOCK, head.fixed.entry_id, 0, true)
+                    .map_err(|_| FormatError::Corrupt("block"))
+                    .map(|_| ())
+            });
+            assert!(ok.is_err(), "flip of bit {bit} went unnoticed");
         }
     }
 
     #[test]
+    fn a_stamped_record_still_checks() {
+        let mut bytes = sample(b"abc");
+        stamp(&mut bytes, 99).expect("stamps");
+        assert_eq!(decode_head(&bytes).expect("decodes").fixed.seq, 99);
+    }
+
+    #[test]
     fn other_versions_are_recognised_not_trusted() {
-        let (_, mut bytes) = sample();
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-        assert_eq!(decode(&bytes), Err(FormatError::OtherVersion(2)));
+        let mut bytes = sample(b"x");
+        bytes[3] = b'3';
+        assert_eq!(decode_head(&bytes), Err(FormatError::OtherVersion(3)));
     }
 
     #[test]
@@ -324,18 +725,45 @@ mod tests {
         assert_ne!(block_crc(1, 0, data), block_crc(1, 1, data));
     }
 
+    #[test]
+    fn footers_and_summaries_round_trip_and_reject_damage() {
+        let lines = vec![SummaryLine { hash: 5, aux: 6, offset: 64, len: 128, kind: Kind::Meta }];
+        let mut summary = Vec::new();
+        encode_summary(&lines, &mut summary);
+        assert_eq!(decode_summary(&summary).expect("decodes"), lines);
+        let footer = Footer {
+            summary_offset: 192,
+            records: 1,
+            summary_crc: summary_crc(&summary),
+            max_seq: 9,
+        };
+        let mut bytes = encode_footer(footer);
+        assert_eq!(decode_footer(&bytes, 1 << 20), Some(footer));
+        assert_eq!(decode_footer(&bytes, 200), None, "a summary past the footer");
+        bytes[9] ^= 1;
+        assert_eq!(decode_footer(&bytes, 1 << 20), None);
+        let header = encode_segment_header(3, 1 << 20, MIN_BLOCK);
+        assert_eq!(
+            decode_segment_header(&header),
+            Ok(SegmentHeader { id: 3, size: 1 << 20, block_size: MIN_BLOCK })
+        );
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = decode(&bytes);
+            let _ = decode_head(&bytes);
+            let _ = decode_summary(&bytes);
+            let _ = decode_footer(&bytes, 1 << 20);
+            let _ = decode_segment_header(&bytes);
+            let _ = decode_frags(&bytes);
         }
 
         #[test]
         fn arbitrary_bytes_after_a_valid_magic_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let mut bytes = MAGIC.to_vec();
-            bytes.extend_from_slice(&VERSION.to_le_bytes());
+            let mut bytes = REC_MAGIC.to_vec();
             bytes.extend_from_slice(&tail);
-            let _ = decode(&bytes);
+            let _ = decode_head(&bytes);
         }
     }
 }

@@ -1,44 +1,11 @@
-//! File-system helpers: modes, no symlinks, directory syncs, and running
-//! blocking work off the async workers.
+//! Running blocking file work off the async workers, and the fault seam the
+//! tests fail file operations through.
 
-use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
 use std::sync::Arc;
 
 use pingora_error::{Error, ErrorType, Result};
 use tokio::sync::Semaphore;
-
-/// Create `path` and missing parents with mode 0700.
-pub(crate) fn create_dir_all(path: &Path) -> io::Result<()> {
-    DirBuilder::new().recursive(true).mode(0o700).create(path)
-}
-
-/// Create a new file (failing if anything, a symlink included, is there),
-/// readable and writable by the owner only.
-pub(crate) fn create_new(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .read(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-}
-
-/// Open an existing file for reading without following a symlink.
-pub(crate) fn open_read(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-}
-
-/// fsync a directory so renames and removals in it survive a crash.
-pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
-}
 
 /// Runs blocking file work on tokio's blocking pool, at most `permits` at once.
 #[derive(Debug, Clone)]
@@ -73,17 +40,6 @@ impl Blocking {
             )),
         }
     }
-
-    /// Run `work` on the blocking pool without waiting (cleanup from `Drop`).
-    /// Outside a runtime, run it here: there is no async worker to block.
-    pub(crate) fn detach(work: impl FnOnce() + Send + 'static) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn_blocking(work);
-            }
-            Err(_) => work(),
-        }
-    }
 }
 
 /// The file operations a [`FaultPlan`] can fail.
@@ -92,7 +48,6 @@ pub(crate) enum FsOp {
     Create,
     Write,
     Sync,
-    Rename,
     Remove,
 }
 
@@ -112,20 +67,17 @@ pub enum FaultKind {
 /// that guard it fail without it (negative controls).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Controls {
-    /// Serve body blocks without checking their checksums.
+    /// Serve body blocks without checking their checksums (and trust every
+    /// record a scan finds).
     pub skip_checksums: bool,
-    /// Leave the temp file of a failed write in place.
-    pub skip_temp_cleanup: bool,
-    /// Write an entry straight into its own file instead of a temp file
-    /// renamed over it.
-    pub publish_in_place: bool,
+    /// Acknowledge writes without syncing them, whatever the durability.
+    pub skip_sync: bool,
 }
 
 /// Fails the N-th file operation of the disk tier (feature `fault-injection`).
 ///
-/// Counts every create, write, sync, rename and removal the tier makes on
-/// its write, publish, expire, update and purge paths; cleanup of temp files
-/// is never failed, so a failure can be checked for leaks.
+/// Counts every segment creation, record append, sync and segment removal
+/// the tier makes (on the log writer's thread, in log order).
 #[derive(Debug, Default)]
 pub struct FaultPlan {
     fail_at: std::sync::atomic::AtomicU64,
@@ -170,8 +122,8 @@ impl FaultPlan {
         if self.fail_at.load(Ordering::SeqCst) == n {
             let kind = *self.kind.lock();
             return match kind {
-                Some(FaultKind::Eio) => Err(io::Error::from_raw_os_error(libc::EIO)),
-                Some(FaultKind::NoSpace) => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+                Some(FaultKind::Eio) => Err(io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error())),
+                Some(FaultKind::NoSpace) => Err(io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error())),
                 Some(FaultKind::ShortWrite) => Ok(Some(FaultKind::ShortWrite)),
                 None => Ok(None),
             };
@@ -195,7 +147,7 @@ impl Faults {
         match &self.0 {
             None => Ok(()),
             Some(plan) => match plan.check(op)? {
-                Some(FaultKind::ShortWrite) => Err(io::Error::from_raw_os_error(libc::EIO)),
+                Some(FaultKind::ShortWrite) => Err(io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error())),
                 _ => Ok(()),
             },
         }

@@ -1,11 +1,16 @@
 //! A persistent, crash-safe, bounded disk storage for Pingora's HTTP cache.
 //!
-//! This crate provides [`DiskStorage`], a `pingora_cache::Storage` that keeps
-//! one file per entry under hashed fan-out directories, written to a temp
-//! file and published by rename, with checksummed headers and body blocks, a
-//! byte bound with least-recently-used eviction, and an index rebuilt from the
-//! files on open. Bodies stream in and out one block at a time; every file
-//! operation runs on tokio's blocking pool, never on an async worker.
+//! This crate provides [`DiskStorage`], a `pingora_cache::Storage` that
+//! appends entries as checksummed records to preallocated segment files (a
+//! log), packed without padding, with one writer thread that commits
+//! concurrent finishes in one `fdatasync`. A 16-byte-a-slot index in memory
+//! points at each entry's record; sealed segments end with a summary of
+//! their records, so a reopen reads summaries, not records. Eviction takes
+//! the oldest segment whole, copying forward entries that were hit. Purges
+//! and meta updates are records too. Large bodies stream in and out in
+//! fragments, in bounded memory. Reads the page cache can answer run on the
+//! calling thread (`RWF_NOWAIT`); every other file operation runs off the
+//! async workers.
 //!
 //! # Example
 //!
@@ -45,19 +50,22 @@
 //! - `fault-injection` (test-only): `DiskConfig::fault_plan` fails the N-th
 //!   file operation and switches off safety mechanisms for negative controls.
 
+// The layers, each using only those above it in this list.
 mod config;
-mod entry_file;
 mod format;
 mod fsio;
 mod index;
-mod read;
-mod scan;
-mod storage;
+mod segment;
+mod store;
+mod recover;
+mod log;
 mod write;
+mod read;
+mod storage;
 
 pub use config::{DiskConfig, Durability};
 #[cfg(feature = "fault-injection")]
 pub use fsio::{Controls, FaultKind, FaultPlan};
 pub use read::DiskHitHandler;
-pub use storage::DiskStorage;
+pub use storage::{DiskStats, DiskStorage};
 pub use write::DiskMissHandler;

@@ -1,8 +1,15 @@
-//! [`DiskHitHandler`]: streams a body from its file one checked block at a time.
+//! [`DiskHitHandler`]: serves a body from its records, every block checked
+//! before its bytes are handed out.
+//!
+//! A lookup reads the whole entry record in one `pread` (its length is in
+//! the index), tried first with `RWF_NOWAIT` on the calling thread: a hit
+//! the page cache can answer pays no thread hop; one that would block goes
+//! to the blocking pool. A body longer than a fragment reads its fragments
+//! a few blocks at a time, the same way.
 
 use std::any::Any;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -10,261 +17,393 @@ use bytes::Bytes;
 use pingora_cache::key::CompactCacheKey;
 use pingora_cache::storage::{HandleHit, Storage};
 use pingora_cache::trace::SpanHandle;
-use pingora_cache::{CacheEntryId, CacheKey};
+use pingora_cache::{CacheEntryId, CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
+use tier_core::EvictedEntry;
 use tokio::sync::watch;
 
-use crate::format::{block_crc, CRC_LEN};
-use crate::storage::DiskStorage;
-use crate::write::Progress;
+use crate::format::{
+    check_blocks, decode_frags, decode_head, decode_meta_ref, key_len, loc_parts, stored_len,
+    FormatError, FragRef, Head, Kind, CRC_LEN, FIXED_LEN,
+};
+use crate::index::Slot;
+use crate::segment::Segment;
+use crate::store::Store;
+use crate::write::{At, Inflight, Progress};
+
+/// Blocks of a fragment read at once, at most, per reader.
+const READ_AHEAD_BLOCKS: u64 = 4;
+
+/// Read `len` bytes at `offset` of `seg`: on this thread if the page cache
+/// has them, else on the blocking pool.
+pub(crate) async fn read_bytes(store: &Store, seg: &Arc<Segment>, offset: u64, len: usize) -> Result<Vec<u8>> {
+    if let Some(bytes) = seg.read_cached(offset, len) {
+        store.disk.reads_nowait.fetch_add(1, Ordering::Relaxed);
+        return Ok(bytes);
+    }
+    store.disk.reads_pool.fetch_add(1, Ordering::Relaxed);
+    let seg = seg.clone();
+    store
+        .io
+        .run(move || {
+            seg.read(offset, len)
+                .map_err(|e| Error::because(ErrorType::FileReadError, "reading a segment", e))
+        })
+        .await
+}
+
+/// The checked data blocks of an entry record held in memory.
+#[derive(Debug, Clone)]
+struct Tail {
+    /// Body offset of the first byte.
+    start: u64,
+    raw: Bytes,
+    blocks: Vec<Range<usize>>,
+}
+
+impl Tail {
+    fn new(rec: Vec<u8>, head: &Head, block: usize, verify: bool) -> std::result::Result<Tail, String> {
+        let start = head.fixed.data_start() as usize;
+        let stored = stored_len(head.fixed.data_len, block) as usize;
+        let raw = Bytes::from(rec);
+        let data = raw
+            .get(start..start + stored)
+            .ok_or_else(|| "the record is cut short".to_string())?;
+        let first = (head.fixed.body_len - head.fixed.data_len) / block as u64;
+        let blocks = check_blocks(data, head.fixed.data_len, block, head.fixed.entry_id, first, verify)?
+            .into_iter()
+            .map(|r| r.start + start..r.end + start)
+            .collect();
+        Ok(Tail {
+            start: head.fixed.body_len - head.fixed.data_len,
+            raw,
+            blocks,
+        })
+    }
+
+    /// Bytes from `pos` (in this tail) to the end of its block or `end`.
+    fn slice(&self, pos: u64, end: u64, block: u64) -> Bytes {
+        let rel = pos - self.start;
+        let r = &self.blocks[(rel / block) as usize];
+        let from = r.start + (rel % block) as usize;
+        let to = r.end.min(from + (end - pos) as usize);
+        self.raw.slice(from..to)
+    }
+}
+
+/// Checked bytes read from a fragment.
+#[derive(Debug, Clone)]
+struct Run {
+    start: u64,
+    data: Bytes,
+}
 
 /// Where a hit's body comes from.
 #[derive(Debug)]
 enum Source {
-    /// A published entry of known length.
-    Complete { body_len: u64 },
-    /// A write in progress, followed through its temp file and tail buffer.
+    /// A published entry: its fragments, then its record's own blocks.
+    Complete {
+        body_len: u64,
+        frags: Vec<(FragRef, Arc<Segment>)>,
+        tail: Tail,
+        slot: Option<Slot>,
+    },
+    /// A write in progress.
     Following {
+        inflight: Arc<Inflight>,
         progress: watch::Receiver<Progress>,
-        inflight: Arc<crate::write::Inflight>,
     },
 }
 
-/// What a reader can read at its position.
-enum Available {
-    /// Bytes up to `ready` are in checked blocks on disk.
-    OnDisk { ready: u64, body_len: Option<u64> },
-    /// The bytes at the position are in the writer's tail buffer.
-    InTail { total: u64 },
-}
-
-/// Serves a body from its file: reads one block, checks its checksum, hands
-/// out the requested part of it. Memory held is one block, whatever the body
-/// size. Seeks are file offsets.
+/// Serves one body. Memory held: the entry record's own blocks (at most a
+/// fragment) and a few blocks of a fragment, whatever the body size.
 #[derive(Debug)]
 pub struct DiskHitHandler {
-    storage: &'static DiskStorage,
-    file: Arc<File>,
+    store: Arc<Store>,
     key: CompactCacheKey,
+    hash: u64,
     id: u64,
-    block_size: u64,
-    data_start: u64,
-    file_len: u64,
+    block: u64,
+    fragment_bytes: u64,
     source: Source,
     pos: u64,
     end: Option<u64>,
-    /// Checked blocks already read.
-    buffered: Option<Run>,
+    run: Option<Run>,
+    weight: usize,
 }
 
-/// How many blocks one read brings in: fewer trips to the blocking pool, at
-/// most this many blocks held per reader.
-pub(crate) const READ_AHEAD_BLOCKS: u64 = 4;
-
-/// Checked blocks read in one go, kept with their checksums in place so
-/// each block is handed out as a slice of this buffer, without a copy.
-#[derive(Debug, Clone)]
-pub(crate) struct Run {
-    first: u64,
-    data_len: u64,
-    raw: Bytes,
+/// Why a lookup found no usable entry.
+pub(crate) enum Unusable {
+    /// Not the key asked for (or not the id): a plain miss.
+    Other,
+    /// The record's bytes are bad, or its body is gone: remove the entry.
+    Bad(String),
 }
 
-impl Run {
-    fn start(&self, block: u64) -> u64 {
-        self.first * block
-    }
-
-    fn covers(&self, pos: u64, block: u64) -> bool {
-        pos >= self.start(block) && pos < self.start(block) + self.data_len
-    }
-
-    /// Body bytes from `pos` to the end of its block (or `end`).
-    fn slice(&self, pos: u64, end: u64, block: u64) -> Bytes {
-        let rel = pos - self.start(block);
-        let i = rel / block;
-        let block_len = (self.data_len - i * block).min(block);
-        let raw_at = (i * (block + CRC_LEN as u64)) as usize;
-        let from = (rel - i * block) as usize;
-        let to = block_len.min(end - self.start(block) - i * block) as usize;
-        self.raw.slice(raw_at + from..raw_at + to)
+impl From<FormatError> for Unusable {
+    fn from(e: FormatError) -> Self {
+        Unusable::Bad(e.to_string())
     }
 }
 
-/// Read body blocks from `first` on, up to `ready` body bytes and at most
-/// [`READ_AHEAD_BLOCKS`], and check every checksum. Blocking.
-pub(crate) fn read_run(
-    file: &File,
-    layout: Layout,
-    first: u64,
-    ready: u64,
-    verify: bool,
-) -> std::result::Result<Run, String> {
-    let block = layout.block_size;
-    let count = (ready.saturating_sub(first * block))
-        .div_ceil(block)
-        .min(READ_AHEAD_BLOCKS);
-    let data_len = ready.saturating_sub(first * block).min(count * block);
-    let raw_len = data_len + count * CRC_LEN as u64;
-    let mut buf = vec![0u8; raw_len as usize];
-    let offset = layout.data_start + first * (block + CRC_LEN as u64);
-    file.read_exact_at(&mut buf, offset)
-        .map_err(|e| format!("reading blocks {first}..{}: {e}", first + count))?;
-    let mut at = 0usize;
-    for i in 0..count {
-        let len = (data_len - i * block).min(block) as usize;
-        let mut stored = [0u8; CRC_LEN];
-        stored.copy_from_slice(&buf[at + len..at + len + CRC_LEN]);
-        if verify
-            && u32::from_le_bytes(stored) != block_crc(layout.id, first + i, &buf[at..at + len])
-        {
-            return Err(format!("body block {} failed its checksum", first + i));
+/// Decode a record read for a lookup, reading the rest if the first read
+/// was short.
+pub(crate) async fn read_record(store: &Store, seg: &Arc<Segment>, slot: Slot) -> Result<std::result::Result<(Vec<u8>, Head), Unusable>> {
+    let first_len = slot.read_len().unwrap_or(64 << 10) as usize;
+    let mut rec = read_bytes(store, seg, slot.offset(), first_len).await?;
+    let fixed = match crate::format::decode_fixed(&rec) {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    let len = fixed.record_len(seg.block_size) as usize;
+    if rec.len() < len {
+        rec = read_bytes(store, seg, slot.offset(), len).await?;
+    }
+    if rec.len() < len {
+        return Ok(Err(Unusable::Bad("the record is cut short".into())));
+    }
+    rec.truncate(len);
+    Ok(decode_head(&rec).map(|head| (rec, head)).map_err(Unusable::from))
+}
+
+/// Find `key` (with entry id `id`, if given): a write in progress first,
+/// then the index.
+pub(crate) async fn find(
+    store: &Arc<Store>,
+    key: CompactCacheKey,
+    id: Option<u64>,
+) -> Result<Option<(CacheMeta, DiskHitHandler)>> {
+    let hash = tier_core::key::entry_hash64(&key);
+    if let Some(inflight) = store.following(hash, &key, id) {
+        if let Ok(meta) = CacheMeta::deserialize(&inflight.internal, &inflight.header) {
+            store.counters.record_hit();
+            return Ok(Some((meta, DiskHitHandler::following(store.clone(), hash, inflight))));
         }
-        at += len + CRC_LEN;
     }
-    Ok(Run {
-        first,
-        data_len,
-        raw: Bytes::from(buf),
+    let Some(slot) = store.index.touch(hash) else {
+        store.counters.record_miss();
+        return Ok(None);
+    };
+    let found = lookup_slot(store, &key, hash, id, slot).await;
+    match found {
+        Ok(Ok(hit)) => {
+            store.counters.record_hit();
+            Ok(Some(hit))
+        }
+        Ok(Err(Unusable::Other)) => {
+            store.counters.record_miss();
+            Ok(None)
+        }
+        Ok(Err(Unusable::Bad(why))) => {
+            discard(store, &key, hash, slot, &why).await;
+            store.counters.record_miss();
+            Ok(None)
+        }
+        Err(e) => {
+            store.counters.record_error();
+            store.counters.record_miss();
+            tracing::warn!(tier = %store.name, entry = %tier_core::key::entry_file_name(&key), error = %e, "entry unreadable; treated as a miss");
+            Ok(None)
+        }
+    }
+}
+
+async fn lookup_slot(
+    store: &Arc<Store>,
+    key: &CompactCacheKey,
+    hash: u64,
+    id: Option<u64>,
+    slot: Slot,
+) -> Result<std::result::Result<(CacheMeta, DiskHitHandler), Unusable>> {
+    let Some(seg) = store.segment(slot) else {
+        return Ok(Err(Unusable::Bad("its segment was evicted".into())));
+    };
+    let (rec, head) = match read_record(store, &seg, slot).await? {
+        Ok(r) => r,
+        Err(u) => return Ok(Err(u)),
+    };
+    if &head.key != key {
+        return Ok(Err(Unusable::Other));
+    }
+    if id.is_some_and(|id| id != head.fixed.entry_id) {
+        return Ok(Err(Unusable::Other));
+    }
+    let meta = match CacheMeta::deserialize(&head.internal, &head.header) {
+        Ok(m) => m,
+        Err(_) => return Ok(Err(Unusable::Bad("its meta does not decode".into()))),
+    };
+    let weight = rec.len();
+    let (body_seg, rec, body_head) = match head.fixed.kind {
+        Kind::Entry => (seg, rec, head),
+        Kind::Meta => {
+            let r = match decode_meta_ref(&head.extra) {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e.into())),
+            };
+            let (s, o) = loc_parts(r.body_at);
+            let Some(body_seg) = store.segments.read().by_id(s).cloned() else {
+                return Ok(Err(Unusable::Bad("the segment of its body was evicted".into())));
+            };
+            let body_slot = Slot::new(s, o, r.body_record_len as u64);
+            let (body_rec, body_head) = match read_record(store, &body_seg, body_slot).await? {
+                Ok(r) => r,
+                Err(u) => return Ok(Err(u)),
+            };
+            if body_head.fixed.kind != Kind::Entry
+                || body_head.fixed.entry_id != head.fixed.entry_id
+                || &body_head.key != key
+            {
+                return Ok(Err(Unusable::Bad("its body record is another entry's".into())));
+            }
+            (body_seg, body_rec, body_head)
+        }
+        _ => return Ok(Err(Unusable::Bad("the index points at a record of another kind".into()))),
+    };
+    match DiskHitHandler::complete(store.clone(), hash, &body_seg, rec, &body_head, Some(slot), weight) {
+        Ok(hit) => Ok(Ok((meta, hit))),
+        Err(why) => Ok(Err(Unusable::Bad(why))),
+    }
+}
+
+/// Remove an entry whose bytes failed a check (if it is still the record
+/// that failed); done when this returns.
+pub(crate) async fn discard(store: &Arc<Store>, key: &CompactCacheKey, hash: u64, slot: Slot, why: &str) {
+    store.disk.corrupt.fetch_add(1, Ordering::Relaxed);
+    store.counters.record_error();
+    tracing::warn!(tier = %store.name, entry = %tier_core::key::entry_file_name(key), why, "corrupt entry removed");
+    let _ = crate::storage::purge_slot(store, key, hash, slot).await;
+}
+
+/// The entry of the record at `offset` of an evicted segment, for the
+/// eviction listener. Blocking (the log writer calls it).
+pub(crate) fn evicted_entry(store: &Arc<Store>, seg: &Arc<Segment>, offset: u64, len: u64) -> Option<EvictedEntry> {
+    let rec = seg.read(offset, len as usize).ok()?;
+    let head = decode_head(&rec).ok()?;
+    let meta = CacheMeta::deserialize(&head.internal, &head.header).ok()?;
+    let hash = tier_core::key::entry_hash64(&head.key);
+    let key = head.key.clone();
+    let id = head.fixed.entry_id;
+    let weight = rec.len();
+    let hit = DiskHitHandler::complete(store.clone(), hash, seg, rec, &head, None, weight).ok()?;
+    Some(EvictedEntry {
+        key,
+        entry_id: Some(CacheEntryId::new(id)),
+        meta,
+        body: Box::new(hit),
     })
 }
 
-/// Where an entry's blocks are.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Layout {
-    pub(crate) id: u64,
-    pub(crate) block_size: u64,
-    pub(crate) data_start: u64,
-}
-
 impl DiskHitHandler {
-    pub(crate) fn complete(
-        storage: &'static DiskStorage,
-        file: File,
-        key: CompactCacheKey,
-        header: &crate::format::Header,
-        first_blocks: Option<Run>,
-    ) -> Self {
-        DiskHitHandler {
-            storage,
-            file: Arc::new(file),
-            key,
-            id: header.fixed.entry_id,
-            block_size: header.fixed.block_size as u64,
-            data_start: header.fixed.data_start(),
-            file_len: header.fixed.file_len(),
+    fn complete(
+        store: Arc<Store>,
+        hash: u64,
+        seg: &Arc<Segment>,
+        rec: Vec<u8>,
+        head: &Head,
+        slot: Option<Slot>,
+        weight: usize,
+    ) -> std::result::Result<Self, String> {
+        let block = seg.block_size;
+        let refs = decode_frags(&head.extra).map_err(|e| e.to_string())?;
+        let mut frags = Vec::with_capacity(refs.len());
+        {
+            let segments = store.segments.read();
+            for f in refs {
+                let Some(s) = segments.by_id(f.segment) else {
+                    return Err("a segment of its body was evicted".into());
+                };
+                frags.push((f, s.clone()));
+            }
+        }
+        let frag_total: u64 = frags.iter().map(|(f, _)| f.len as u64).sum();
+        if frag_total + head.fixed.data_len != head.fixed.body_len {
+            return Err("its fragments and data do not add up to its body".into());
+        }
+        let tail = Tail::new(rec, head, block, store.verify())?;
+        let fragment_bytes = frags.first().map_or(store.layout.fragment_bytes as u64, |(f, _)| f.len as u64);
+        Ok(DiskHitHandler {
+            key: head.key.clone(),
+            hash,
+            id: head.fixed.entry_id,
+            block: block as u64,
+            fragment_bytes,
             source: Source::Complete {
-                body_len: header.fixed.body_len,
+                body_len: head.fixed.body_len,
+                frags,
+                tail,
+                slot,
             },
             pos: 0,
             end: None,
-            buffered: first_blocks,
-        }
+            run: None,
+            weight: weight + frag_total as usize,
+            store,
+        })
     }
 
-    pub(crate) fn following(
-        storage: &'static DiskStorage,
-        file: File,
-        inflight: &Arc<crate::write::Inflight>,
-    ) -> Self {
+    fn following(store: Arc<Store>, hash: u64, inflight: Arc<Inflight>) -> Self {
         DiskHitHandler {
-            storage,
-            file: Arc::new(file),
             key: inflight.key.clone(),
+            hash,
             id: inflight.id,
-            block_size: inflight.block_size as u64,
-            data_start: inflight.data_start,
-            file_len: 0,
+            block: inflight.block_size as u64,
+            fragment_bytes: inflight.fragment_bytes as u64,
             source: Source::Following {
                 progress: inflight.subscribe(),
-                inflight: inflight.clone(),
+                inflight,
             },
             pos: 0,
             end: None,
-            buffered: None,
+            run: None,
+            weight: 0,
+            store,
         }
     }
 
-    /// What can be read at `self.pos` now: wait until something can.
-    async fn available(&mut self) -> Result<Available> {
-        match &mut self.source {
-            Source::Complete { body_len } => Ok(Available::OnDisk {
-                ready: *body_len,
-                body_len: Some(*body_len),
-            }),
-            Source::Following { progress, .. } => loop {
-                let now = *progress.borrow_and_update();
-                match now {
-                    Progress::Aborted => {
-                        return Err(tier_core::error::write_aborted(self.storage.tier_label()))
-                    }
-                    Progress::Done { body_len } => {
-                        return Ok(Available::OnDisk {
-                            ready: body_len,
-                            body_len: Some(body_len),
-                        })
-                    }
-                    Progress::Writing { blocks, total } => {
-                        let on_disk = blocks * self.block_size;
-                        if on_disk > self.pos {
-                            return Ok(Available::OnDisk {
-                                ready: on_disk,
-                                body_len: None,
-                            });
-                        }
-                        if total > self.pos {
-                            return Ok(Available::InTail { total });
-                        }
-                    }
+    /// Read and check the blocks of fragment `index` from the one holding
+    /// `self.pos`, a few at most.
+    async fn read_fragment(&self, index: usize, frag: FragRef, seg: &Arc<Segment>) -> Result<Run> {
+        let block = self.block;
+        let frag_start = index as u64 * self.fragment_bytes;
+        let first = (self.pos - frag_start) / block;
+        let count = ((frag.len as u64).div_ceil(block) - first).min(READ_AHEAD_BLOCKS);
+        let data_start = (FIXED_LEN + key_len(&self.key)) as u64;
+        let at = frag.offset as u64 + data_start + first * (block + CRC_LEN as u64);
+        let data_len = (frag.len as u64 - first * block).min(count * block);
+        let raw = read_bytes(&self.store, seg, at, stored_len(data_len, block as usize) as usize).await?;
+        let global_first = frag_start / block + first;
+        match check_blocks(&raw, data_len, block as usize, self.id, global_first, self.store.verify()) {
+            Ok(blocks) => {
+                let mut data = Vec::with_capacity(data_len as usize);
+                for r in blocks {
+                    data.extend_from_slice(&raw[r]);
                 }
-                if progress.changed().await.is_err() {
-                    return Err(tier_core::error::write_aborted(self.storage.tier_label()));
-                }
-            },
+                Ok(Run {
+                    start: frag_start + first * block,
+                    data: Bytes::from(data),
+                })
+            }
+            Err(why) => Err(self.corrupt(why).await),
         }
     }
 
-    /// Read (and check) the run of blocks from `index` on, up to `ready`.
-    async fn read_blocks(&self, index: u64, ready: u64) -> Result<Run> {
-        let file = self.file.clone();
-        let layout = Layout {
-            id: self.id,
-            block_size: self.block_size,
-            data_start: self.data_start,
-        };
-        let io = self.storage.io().clone();
-        let verify = !self.storage.faults().controls().skip_checksums;
-        let read = io
-            .run(move || Ok(read_run(&file, layout, index, ready, verify)))
-            .await?;
-        match read {
-            Ok(run) if run.data_len > 0 => Ok(run),
-            Ok(_) => Err(self
-                .corrupt(index, "the file ends before the body does".into())
-                .await),
-            Err(why) => Err(self.corrupt(index, why).await),
-        }
-    }
-
-    /// A bad checksum or a short file: never serve these bytes. A published
-    /// entry is removed so the next request is a clean miss.
-    async fn corrupt(&self, index: u64, why: String) -> Box<Error> {
-        if matches!(self.source, Source::Complete { .. }) {
-            self.storage
-                .discard_corrupt(self.key.clone(), self.id)
-                .await;
+    /// A bad checksum: never serve these bytes. A published entry is removed
+    /// so the next request is a clean miss.
+    async fn corrupt(&self, why: String) -> Box<Error> {
+        if let Source::Complete { slot: Some(slot), .. } = &self.source {
+            discard(&self.store, &self.key, self.hash, *slot, &why).await;
         }
         tier_core::error::tier_error(
             tier_core::error::CORRUPT_ENTRY,
-            self.storage.tier_label(),
+            &self.store.name,
             "read_body",
             Some(&self.key),
-            format!("at block {index}: {why}"),
+            why,
         )
     }
 
     fn select(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        let Source::Complete { body_len } = self.source else {
+        let Source::Complete { body_len, .. } = self.source else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "seek is not supported while following a write",
@@ -275,51 +414,102 @@ impl DiskHitHandler {
         self.end = Some(end as u64);
         Ok(())
     }
+
+}
+
+/// What `read_body` does next.
+enum Next {
+    Bytes(Bytes),
+    Fragment(usize, FragRef, Arc<Segment>),
+    /// A write in progress has this many bytes (and is done, or not).
+    Upto(u64, bool),
+    Wait,
+    End,
+    Aborted,
+}
+
+/// The checked bytes of `run` from `pos` (up to `end`), if it holds `pos`.
+fn take_run(run: &Option<Run>, pos: u64, end: u64) -> Option<Bytes> {
+    let run = run.as_ref()?;
+    if pos < run.start || pos >= run.start + run.data.len() as u64 {
+        return None;
+    }
+    let from = (pos - run.start) as usize;
+    let to = ((end - run.start) as usize).min(run.data.len());
+    Some(run.data.slice(from..to))
 }
 
 #[async_trait]
 impl HandleHit for DiskHitHandler {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
         loop {
-            let (ready, body_len) = match self.available().await? {
-                Available::OnDisk { ready, body_len } => (ready, body_len),
-                Available::InTail { total } => {
-                    let end = self.end.unwrap_or(u64::MAX).min(total);
-                    if let Source::Following { inflight, progress } = &mut self.source {
-                        if let Some(bytes) = inflight.read_tail(self.pos, end) {
-                            self.pos += bytes.len() as u64;
-                            return Ok(Some(bytes));
-                        }
-                        // Flushed to disk but not yet announced: wait for it.
-                        if progress.changed().await.is_err() {
-                            return Err(tier_core::error::write_aborted(self.storage.tier_label()));
-                        }
+            let next = match &mut self.source {
+                Source::Complete {
+                    body_len,
+                    frags,
+                    tail,
+                    ..
+                } => {
+                    let end = self.end.unwrap_or(u64::MAX).min(*body_len);
+                    if self.pos >= end {
+                        Next::End
+                    } else if self.pos >= tail.start {
+                        Next::Bytes(tail.slice(self.pos, end, self.block))
+                    } else if let Some(bytes) = take_run(&self.run, self.pos, end) {
+                        Next::Bytes(bytes)
+                    } else {
+                        let index = (self.pos / self.fragment_bytes) as usize;
+                        let (frag, seg) = frags[index].clone();
+                        Next::Fragment(index, frag, seg)
                     }
-                    continue;
+                }
+                Source::Following { inflight, progress } => {
+                    let now = *progress.borrow_and_update();
+                    let end = match now {
+                        Progress::Aborted => Next::Aborted,
+                        Progress::Done { body_len } => Next::Upto(body_len, true),
+                        Progress::Writing { total } => Next::Upto(total, false),
+                    };
+                    match end {
+                        Next::Upto(end, done) if self.pos >= end => {
+                            if done {
+                                Next::End
+                            } else {
+                                Next::Wait
+                            }
+                        }
+                        Next::Upto(end, _) => match take_run(&self.run, self.pos, end) {
+                            Some(bytes) => Next::Bytes(bytes),
+                            None => match inflight.at(self.pos, end) {
+                                At::Buffered(bytes) => Next::Bytes(bytes),
+                                At::Fragment(index, frag, seg) => Next::Fragment(index, frag, seg),
+                                At::NotYet => Next::Wait,
+                            },
+                        },
+                        other => other,
+                    }
                 }
             };
-            let end = self
-                .end
-                .unwrap_or(u64::MAX)
-                .min(body_len.unwrap_or(u64::MAX));
-            if self.pos >= end {
-                return Ok(None);
+            match next {
+                Next::Bytes(bytes) => {
+                    self.pos += bytes.len() as u64;
+                    return Ok(Some(bytes));
+                }
+                Next::End => return Ok(None),
+                Next::Aborted => return Err(tier_core::error::write_aborted(&self.store.name)),
+                Next::Fragment(index, frag, seg) => {
+                    let run = self.read_fragment(index, frag, &seg).await?;
+                    self.run = Some(run);
+                }
+                Next::Wait | Next::Upto(..) => {
+                    let Source::Following { progress, .. } = &mut self.source else {
+                        return Ok(None);
+                    };
+                    if progress.changed().await.is_err() {
+                        return Err(tier_core::error::write_aborted(&self.store.name));
+                    }
+                }
             }
-            let block = self.block_size;
-            if !self
-                .buffered
-                .as_ref()
-                .is_some_and(|run| run.covers(self.pos, block))
-            {
-                let run = self.read_blocks(self.pos / block, ready).await?;
-                self.buffered = Some(run);
-            }
-            let Some(run) = &self.buffered else {
-                continue;
-            };
-            let bytes = run.slice(self.pos, end, block);
-            self.pos += bytes.len() as u64;
-            return Ok(Some(bytes));
         }
     }
 
@@ -349,7 +539,7 @@ impl HandleHit for DiskHitHandler {
     }
 
     fn get_eviction_weight(&self) -> usize {
-        self.file_len as usize
+        self.weight
     }
 
     fn entry_id(&self) -> Option<CacheEntryId> {

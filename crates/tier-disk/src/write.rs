@@ -1,10 +1,14 @@
-//! [`DiskMissHandler`]: streams a body into a temp file in checked blocks and
-//! publishes it by rename.
+//! [`DiskMissHandler`]: takes a body in chunks and hands the log writer
+//! one record per fragment and one for the entry.
+//!
+//! A body up to the fragment size (256 KiB by default) stays in memory
+//! until `finish` and goes into the entry record whole. A longer one is cut
+//! into fragment records as it arrives, each written ahead of the entry
+//! record, which lists them and holds the rest: a write holds at most one
+//! fragment (plus the chunk being written) in memory, whatever the body size.
+//! Readers that follow the write read fragments from their segments and the
+//! rest from the write's buffer.
 
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -12,24 +16,44 @@ use bytes::Bytes;
 use pingora_cache::key::CompactCacheKey;
 use pingora_cache::storage::streaming_write::U64WriteId;
 use pingora_cache::storage::{HandleMiss, MissFinishType};
-use pingora_cache::CacheEntryId;
+use pingora_cache::{CacheEntryId, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
 use tokio::sync::watch;
 
-use crate::format::{block_crc, encode_header, CRC_LEN};
-use crate::fsio::Blocking;
-use crate::storage::DiskStorage;
+use crate::format::{check_spec, encode_frags, encode_record, record_len, FragRef, Kind, RecordSpec};
+use crate::log::{Job, LogHandle};
+use crate::segment::Segment;
+use crate::store::Store;
 
 /// Where a write stands, as its readers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Progress {
-    /// This many full blocks are on disk, and `total` body bytes written in
-    /// all (the rest sit in the write's tail buffer).
-    Writing { blocks: u64, total: u64 },
-    /// Every block is on disk; the body has this many bytes.
+    /// This many body bytes were written so far.
+    Writing { total: u64 },
+    /// Published; the body has this many bytes.
     Done { body_len: u64 },
     /// The write failed or was dropped: readers must fail.
     Aborted,
+}
+
+/// The body of a write in progress: fragments on disk, then a buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Body {
+    pub(crate) frags: Vec<(FragRef, Arc<Segment>)>,
+    /// Body offset of the buffer's first byte (all fragments before it).
+    pub(crate) tail_start: u64,
+    pub(crate) tail: Vec<u8>,
+}
+
+/// What a follower finds at a body offset.
+#[derive(Debug)]
+pub(crate) enum At {
+    /// In fragment `index` on disk.
+    Fragment(usize, FragRef, Arc<Segment>),
+    /// These buffered bytes.
+    Buffered(Bytes),
+    /// Not written yet.
+    NotYet,
 }
 
 /// A write in progress, shared with the readers that follow it.
@@ -37,22 +61,12 @@ pub(crate) enum Progress {
 pub(crate) struct Inflight {
     pub(crate) key: CompactCacheKey,
     pub(crate) id: u64,
-    pub(crate) tmp_path: PathBuf,
     pub(crate) internal: Vec<u8>,
     pub(crate) header: Vec<u8>,
-    pub(crate) data_start: u64,
     pub(crate) block_size: usize,
-    /// Body bytes not yet in a full block on disk: at most one block.
-    /// Readers copy what they need from it under the lock.
-    tail: parking_lot::Mutex<Tail>,
+    pub(crate) fragment_bytes: usize,
+    body: parking_lot::Mutex<Body>,
     progress: watch::Sender<Progress>,
-}
-
-/// The written bytes that are not on disk yet, and where they start.
-#[derive(Debug, Default)]
-pub(crate) struct Tail {
-    pub(crate) start: u64,
-    pub(crate) bytes: Vec<u8>,
 }
 
 impl Inflight {
@@ -60,17 +74,22 @@ impl Inflight {
         self.progress.subscribe()
     }
 
-    /// Copy tail bytes `pos..end` (as far as the tail has them), or `None`
-    /// if `pos` is not in the tail now.
-    pub(crate) fn read_tail(&self, pos: u64, end: u64) -> Option<Bytes> {
-        let tail = self.tail.lock();
-        let tail_end = tail.start + tail.bytes.len() as u64;
-        if pos < tail.start || pos >= tail_end {
-            return None;
+    /// Where the bytes at `pos` are (up to `end`).
+    pub(crate) fn at(&self, pos: u64, end: u64) -> At {
+        let body = self.body.lock();
+        if pos < body.tail_start {
+            let i = (pos / self.fragment_bytes as u64) as usize;
+            return match body.frags.get(i) {
+                Some((f, seg)) => At::Fragment(i, *f, seg.clone()),
+                None => At::NotYet,
+            };
         }
-        let from = (pos - tail.start) as usize;
-        let to = (end.min(tail_end) - tail.start) as usize;
-        Some(Bytes::copy_from_slice(&tail.bytes[from..to]))
+        let from = (pos - body.tail_start) as usize;
+        if from >= body.tail.len() {
+            return At::NotYet;
+        }
+        let to = ((end - body.tail_start) as usize).min(body.tail.len());
+        At::Buffered(Bytes::copy_from_slice(&body.tail[from..to]))
     }
 
     fn set(&self, progress: Progress) {
@@ -92,17 +111,15 @@ enum State {
     Finished,
 }
 
-/// Writes one entry. Holds at most one block of body in memory (plus the
-/// chunk being written), never the whole body.
+/// Writes one entry through the log. Holds at most one fragment of body in
+/// memory (plus the chunk being written), never the whole body.
 pub struct DiskMissHandler {
-    storage: &'static DiskStorage,
+    store: Arc<Store>,
+    log: LogHandle,
     inflight: Arc<Inflight>,
-    slot: u64,
-    file: Option<File>,
-    blocks_written: u64,
+    hash: u64,
+    listed: bool,
     body_len: u64,
-    /// Bytes charged to the tier for this write so far.
-    reserved: u64,
     tag: U64WriteId,
     state: State,
 }
@@ -117,204 +134,144 @@ impl std::fmt::Debug for DiskMissHandler {
     }
 }
 
+fn refused(store: &Store, key: &CompactCacheKey, why: &str) -> Box<Error> {
+    store.counters.record_rejection();
+    tier_core::error::tier_error(
+        ErrorType::Custom("TierRefused"),
+        &store.name,
+        "get_miss_handler",
+        Some(key),
+        why.to_string(),
+    )
+}
+
 impl DiskMissHandler {
-    /// Create the temp file and write the header; the write is then visible
-    /// to readers through `lookup`.
-    pub(crate) async fn start(
-        storage: &'static DiskStorage,
+    /// Start a write; a `listed` one is followed by lookups until it is
+    /// published, an unlisted (private) one is seen only once published.
+    pub(crate) fn start(
+        store: Arc<Store>,
+        log: LogHandle,
         key: CompactCacheKey,
-        slot: u64,
-        internal: Vec<u8>,
-        header: Vec<u8>,
+        hash: u64,
+        meta: &CacheMeta,
         listed: bool,
     ) -> Result<Self> {
-        let id = storage.next_id();
-        let block_size = storage.config().block_size;
-        // The negative control "publish in place" writes straight over the
-        // entry's own file, which is exactly what temp + rename prevents.
-        let in_place = storage.faults().controls().publish_in_place;
-        let tmp_path = if in_place {
-            storage.entry_path(&key)
-        } else {
-            storage.tmp_path(id)
+        let (internal, header) = meta.serialize()?;
+        // Refuse now what could never be read back.
+        let probe = RecordSpec {
+            kind: Kind::Entry,
+            seq: 0,
+            entry_id: 0,
+            body_len: 0,
+            key: &key,
+            internal: &internal,
+            header: &header,
+            extra: &[],
+            data: &[],
+            first_block: 0,
+            block_size: store.layout.block_size,
         };
-        let head = encode_header(&key, id, block_size, 0, &internal, &header);
-        let head_len = head.len() as u64;
-        let path = tmp_path.clone();
-        let file = storage
-            .io()
-            .run(move || {
-                storage.reserve(head_len)?;
-                let faults = storage.faults();
-                let create = |path: &std::path::Path| {
-                    if in_place {
-                        if let Some(parent) = path.parent() {
-                            crate::fsio::create_dir_all(parent)?;
-                        }
-                        std::fs::File::create(path)
-                    } else {
-                        crate::fsio::create_new(path)
-                    }
-                };
-                let written = faults
-                    .check(crate::fsio::FsOp::Create)
-                    .and_then(|_| create(&path))
-                    .and_then(|mut file| {
-                        faults.write(&head, |b| file.write_all(b))?;
-                        Ok(file)
-                    });
-                written.map_err(|e| {
-                    storage.index().release(head_len);
-                    let _ = std::fs::remove_file(&path);
-                    storage.io_error("get_miss_handler", None, "creating the temp file", e)
-                })
-            })
-            .await?;
+        if let Err(why) = check_spec(&probe) {
+            return Err(refused(&store, &key, why));
+        }
+        if let Err(e) = CacheMeta::deserialize(&internal, &header) {
+            return Err(refused(
+                &store,
+                &key,
+                &format!("the meta would not read back ({e}); pingora reads at most 256 headers"),
+            ));
+        }
+        let head_room = record_len(&probe) + store.layout.fragment_bytes as u64 * 2;
+        if head_room > crate::segment::record_space(store.layout.segment_bytes) / 2 {
+            return Err(refused(&store, &key, "the meta is too large for this tier's segments"));
+        }
+        let id = store.seq();
+        let layout = store.layout;
         let inflight = Arc::new(Inflight {
             key,
             id,
-            tmp_path,
             internal,
             header,
-            data_start: head_len,
-            block_size,
-            tail: parking_lot::Mutex::new(Tail::default()),
-            progress: watch::Sender::new(Progress::Writing {
-                blocks: 0,
-                total: 0,
-            }),
+            block_size: layout.block_size,
+            fragment_bytes: layout.fragment_bytes,
+            body: parking_lot::Mutex::new(Body::default()),
+            progress: watch::Sender::new(Progress::Writing { total: 0 }),
         });
-        // A listed write is followed by lookups until it is published; an
-        // unlisted (private) one is seen only once published.
         if listed {
-            storage.register_write(slot, inflight.clone());
+            store.register_write(hash, inflight.clone());
         }
         Ok(DiskMissHandler {
-            storage,
+            store,
+            log,
             inflight,
-            slot,
-            file: Some(file),
-            blocks_written: 0,
+            hash,
+            listed,
             body_len: 0,
-            reserved: head_len,
             tag: U64WriteId::from(id),
             state: State::Open,
         })
     }
 
-    /// Write whole blocks (and, at the end, the last partial one) with their
-    /// checksums, charging their bytes first.
-    async fn flush_blocks(&mut self, final_block: bool) -> Result<()> {
-        let block_size = self.inflight.block_size;
-        let data: Vec<u8> = {
-            let mut tail = self.inflight.tail.lock();
-            let full = tail.bytes.len() / block_size * block_size;
-            let take = if final_block { tail.bytes.len() } else { full };
-            if take == 0 {
-                return Ok(());
-            }
-            tail.start += take as u64;
-            tail.bytes.drain(..take).collect()
+    /// Write the buffer's first fragment as a record of its own.
+    async fn write_fragment(&mut self) -> Result<()> {
+        let f = self.inflight.fragment_bytes;
+        let (rec, start) = {
+            let body = self.inflight.body.lock();
+            let mut rec = Vec::with_capacity(f + f / 64 + 256);
+            encode_record(
+                &RecordSpec {
+                    kind: Kind::Fragment,
+                    seq: 0,
+                    entry_id: self.inflight.id,
+                    body_len: body.tail_start,
+                    key: &self.inflight.key,
+                    internal: &[],
+                    header: &[],
+                    extra: &[],
+                    data: &body.tail[..f],
+                    first_block: body.tail_start / self.inflight.block_size as u64,
+                    block_size: self.inflight.block_size,
+                },
+                &mut rec,
+            );
+            (rec, body.tail_start)
         };
-        let n_blocks = data.len().div_ceil(block_size) as u64;
-        let charge = data.len() as u64 + n_blocks * CRC_LEN as u64;
-        let first_index = self.blocks_written;
-        let id = self.inflight.id;
-        let Some(mut file) = self.file.take() else {
-            return Err(self.closed());
+        let len = rec.len();
+        let placed = self
+            .log
+            .run(&self.store, len, |reply| Job::Fragment { rec, reply })
+            .await?;
+        let Some(seg) = self.store.segments.read().by_id(placed.segment).cloned() else {
+            return Err(Error::explain(
+                ErrorType::Custom("TierFull"),
+                format!(
+                    "{}: a fragment was evicted as soon as it was written: the object is too large for this cache",
+                    self.store.name
+                ),
+            ));
         };
-        let storage = self.storage;
-        let key = self.inflight.key.clone();
-        let tmp_path = self.inflight.tmp_path.clone();
-        let result = storage
-            .io()
-            .run(move || {
-                storage.reserve(charge)?;
-                let mut out = Vec::with_capacity(block_size + CRC_LEN);
-                for (i, block) in data.chunks(block_size).enumerate() {
-                    out.clear();
-                    out.extend_from_slice(block);
-                    out.extend_from_slice(
-                        &block_crc(id, first_index + i as u64, block).to_le_bytes(),
-                    );
-                    if let Err(e) = storage.faults().write(&out, |b| file.write_all(b)) {
-                        storage.index().release(charge);
-                        // Remove the temp file before the error is seen, so
-                        // a full disk gets its space back at once.
-                        drop(file);
-                        if !storage.faults().controls().skip_temp_cleanup {
-                            let _ = std::fs::remove_file(&tmp_path);
-                        }
-                        return Err(storage.io_error(
-                            "write_body",
-                            Some(&key),
-                            "writing a body block",
-                            e,
-                        ));
-                    }
-                }
-                Ok(file)
-            })
-            .await;
-        match result {
-            Ok(file) => {
-                self.file = Some(file);
-                self.reserved += charge;
-                self.blocks_written += n_blocks;
-                if !final_block {
-                    self.inflight.set(Progress::Writing {
-                        blocks: self.blocks_written,
-                        total: self.body_len,
-                    });
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.fail_now().await;
-                Err(e)
-            }
-        }
+        let mut body = self.inflight.body.lock();
+        debug_assert_eq!(body.tail_start, start);
+        body.frags.push((
+            FragRef {
+                segment: placed.segment,
+                offset: placed.offset as u32,
+                len: f as u32,
+            },
+            seg,
+        ));
+        body.tail.drain(..f);
+        body.tail_start += f as u64;
+        Ok(())
     }
 
-    /// Give up: readers fail, the bytes go back, and the temp file is removed
-    /// in the background (for `Drop`, which cannot wait).
-    fn fail(&mut self) {
-        let path = self.give_up();
-        if self.storage.faults().controls().skip_temp_cleanup {
-            return;
-        }
-        Blocking::detach(move || {
-            let _ = std::fs::remove_file(path);
-        });
-    }
-
-    /// Give up as `fail` does, but return only once the temp file is gone,
-    /// so a refused write leaves nothing behind when its error is seen.
-    async fn fail_now(&mut self) {
-        let path = self.give_up();
-        if self.storage.faults().controls().skip_temp_cleanup {
-            return;
-        }
-        let _ = self
-            .storage
-            .io()
-            .run(move || {
-                let _ = std::fs::remove_file(path);
-                Ok(())
-            })
-            .await;
-    }
-
-    /// The bookkeeping of giving up; returns the temp file to remove.
-    fn give_up(&mut self) -> std::path::PathBuf {
+    /// Give up: readers fail; nothing written is ever indexed.
+    fn give_up(&mut self) {
         self.state = State::Failed;
         self.inflight.set(Progress::Aborted);
-        self.storage.unregister_write(self.slot, &self.inflight);
-        self.storage
-            .index()
-            .release(std::mem::take(&mut self.reserved));
-        self.file = None;
-        self.inflight.tmp_path.clone()
+        if self.listed {
+            self.store.unregister_write(self.hash, &self.inflight);
+        }
     }
 
     fn closed(&self) -> Box<Error> {
@@ -322,7 +279,7 @@ impl DiskMissHandler {
             ErrorType::InternalError,
             format!(
                 "{}: this write already failed or finished",
-                self.storage.tier_label()
+                self.store.name
             ),
         )
     }
@@ -335,29 +292,34 @@ impl HandleMiss for DiskMissHandler {
             return Err(self.closed());
         }
         let new_len = self.body_len + data.len() as u64;
-        let limit = self.storage.max_object_bytes();
+        let limit = self.store.config.effective_max_object_bytes();
         if new_len > limit {
-            self.fail_now().await;
-            self.storage.counters().record_rejection();
+            self.give_up();
+            self.store.counters.record_rejection();
             return Err(tier_core::error::object_too_large(
-                self.storage.tier_label(),
+                &self.store.name,
                 limit as usize,
                 new_len as usize,
             ));
         }
         self.body_len = new_len;
-        let tail_len = {
-            let mut tail = self.inflight.tail.lock();
-            tail.bytes.extend_from_slice(&data);
-            tail.bytes.len()
+        let buffered = {
+            let mut body = self.inflight.body.lock();
+            body.tail.extend_from_slice(&data);
+            body.tail.len()
         };
-        if tail_len >= self.inflight.block_size {
-            self.flush_blocks(false).await?;
-        } else {
-            self.inflight.set(Progress::Writing {
-                blocks: self.blocks_written,
-                total: self.body_len,
-            });
+        self.inflight.set(Progress::Writing { total: new_len });
+        // Keep at most one fragment (and what the last chunk brought) here.
+        let f = self.inflight.fragment_bytes;
+        if buffered >= 2 * f {
+            let mut left = buffered;
+            while left >= 2 * f {
+                if let Err(e) = self.write_fragment().await {
+                    self.give_up();
+                    return Err(e);
+                }
+                left -= f;
+            }
         }
         Ok(())
     }
@@ -366,50 +328,65 @@ impl HandleMiss for DiskMissHandler {
         if self.state != State::Open {
             return Err(self.closed());
         }
-        self.flush_blocks(true).await?;
-        let Some(file) = self.file.take() else {
-            return Err(self.closed());
+        let f = self.inflight.fragment_bytes;
+        while self.inflight.body.lock().tail.len() > f {
+            if let Err(e) = self.write_fragment().await {
+                self.give_up();
+                return Err(e);
+            }
+        }
+        let (rec, frags_from, frag_bytes) = {
+            let body = self.inflight.body.lock();
+            let refs: Vec<FragRef> = body.frags.iter().map(|(f, _)| *f).collect();
+            let extra = encode_frags(&refs);
+            let spec = RecordSpec {
+                kind: Kind::Entry,
+                seq: 0,
+                entry_id: self.inflight.id,
+                body_len: self.body_len,
+                key: &self.inflight.key,
+                internal: &self.inflight.internal,
+                header: &self.inflight.header,
+                extra: &extra,
+                data: &body.tail,
+                first_block: body.tail_start / self.inflight.block_size as u64,
+                block_size: self.inflight.block_size,
+            };
+            if let Err(why) = check_spec(&spec) {
+                drop(body);
+                self.give_up();
+                return Err(refused(&self.store, &self.inflight.key, why));
+            }
+            let mut rec = Vec::with_capacity(record_len(&spec) as usize);
+            encode_record(&spec, &mut rec);
+            let from = refs.iter().map(|f| f.segment).min().unwrap_or(u64::MAX);
+            let frag_bytes: u64 = refs.iter().map(|f| f.len as u64).sum();
+            (rec, from, frag_bytes)
         };
-        let storage = self.storage;
-        let inflight = self.inflight.clone();
-        let slot = self.slot;
-        let body_len = self.body_len;
-        let file_len = self.reserved;
-        let published = storage
-            .io()
-            .run(move || {
-                // The real body length goes into the header now; the header
-                // is the same size as the placeholder written first.
-                let head = encode_header(
-                    &inflight.key,
-                    inflight.id,
-                    inflight.block_size,
-                    body_len,
-                    &inflight.internal,
-                    &inflight.header,
-                );
-                storage
-                    .faults()
-                    .write(&head, |b| file.write_all_at(b, 0))
-                    .and_then(|_| storage.sync_file(&file))
-                    .map_err(|e| {
-                        storage.io_error("finish", Some(&inflight.key), "sealing the entry", e)
-                    })?;
-                drop(file);
-                storage.publish(slot, &inflight, file_len)
+        let hash = self.hash;
+        let len = rec.len();
+        let placed = self
+            .log
+            .run(&self.store, len, |reply| Job::Entry {
+                hash,
+                rec,
+                frags_from,
+                reply,
             })
             .await;
-        match published {
-            Ok(()) => {
+        match placed {
+            Ok(placed) => {
                 self.state = State::Finished;
-                self.reserved = 0;
-                self.storage.unregister_write(self.slot, &self.inflight);
-                self.inflight.set(Progress::Done { body_len });
-                self.storage.counters().record_insert();
-                Ok(MissFinishType::Created(file_len as usize))
+                if self.listed {
+                    self.store.unregister_write(self.hash, &self.inflight);
+                }
+                self.inflight.set(Progress::Done {
+                    body_len: self.body_len,
+                });
+                Ok(MissFinishType::Created((placed.len + frag_bytes) as usize))
             }
             Err(e) => {
-                self.fail_now().await;
+                self.give_up();
                 Err(e)
             }
         }
@@ -427,7 +404,7 @@ impl HandleMiss for DiskMissHandler {
 impl Drop for DiskMissHandler {
     fn drop(&mut self) {
         if self.state == State::Open {
-            self.fail();
+            self.give_up();
         }
     }
 }
