@@ -30,7 +30,8 @@
 //!
 //! ```text
 //! 0   4  magic "TSR2"
-//! 4   1  kind: 1 entry, 2 fragment, 3 meta update, 4 purge
+//! 4   1  kind: 1 entry, 2 fragment, 3 meta update, 4 purge, 5 void (a
+//!        record whose group commit failed: skipped)
 //! 5   1  zero
 //! 6   2  key length K
 //! 8   8  sequence number (increasing over the whole log)
@@ -95,6 +96,8 @@ pub(crate) enum Kind {
     Meta = 3,
     /// The key's entry is gone.
     Purge = 4,
+    /// A record whose group commit failed: skipped, never replayed.
+    Void = 5,
 }
 
 impl Kind {
@@ -104,6 +107,7 @@ impl Kind {
             2 => Some(Kind::Fragment),
             3 => Some(Kind::Meta),
             4 => Some(Kind::Purge),
+            5 => Some(Kind::Void),
             _ => None,
         }
     }
@@ -525,6 +529,16 @@ pub(crate) fn encode_record(spec: &RecordSpec<'_>, out: &mut Vec<u8>) {
 pub(crate) fn stamp(rec: &mut [u8], seq: u64) -> Result<(), FormatError> {
     let fixed = decode_fixed(rec)?;
     rec[8..16].copy_from_slice(&seq.to_le_bytes());
+    let var_end = FIXED_LEN + fixed.var_len();
+    let crc = crc32(&[&rec[0..52], &rec[FIXED_LEN..var_end]]);
+    rec[52..56].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Turn the encoded record at the start of `rec` into a void one.
+pub(crate) fn void(rec: &mut [u8]) -> Result<(), FormatError> {
+    let fixed = decode_fixed(rec)?;
+    rec[4] = Kind::Void as u8;
     let var_end = FIXED_LEN + fixed.var_len();
     let crc = crc32(&[&rec[0..52], &rec[FIXED_LEN..var_end]]);
     rec[52..56].copy_from_slice(&crc.to_le_bytes());

@@ -258,6 +258,13 @@ impl Index {
         self.shard(hash).lock().remove(hash).map(Slot)
     }
 
+    /// Forget every entry.
+    pub(crate) fn clear(&self) {
+        for shard in self.shards.iter() {
+            *shard.lock() = Table::default();
+        }
+    }
+
     /// Entries indexed.
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len).sum()

@@ -76,6 +76,8 @@ pub(crate) enum Job {
         expect: Option<(Slot, u64)>,
         reply: Reply<Applied<Option<Slot>>>,
     },
+    /// Seal the active segment and stop: every later job fails.
+    Close { reply: Reply<()> },
 }
 
 struct Queued {
@@ -110,6 +112,7 @@ impl LogHandle {
             store,
             active: None,
             next_segment,
+            closed: false,
         };
         std::thread::Builder::new()
             .name("tier-disk-log".into())
@@ -196,6 +199,13 @@ impl LogHandle {
     }
 }
 
+fn closed(store: &Store) -> Box<Error> {
+    Error::explain(
+        ErrorType::InternalError,
+        format!("{}: the tier was closed", store.name),
+    )
+}
+
 pub(crate) fn stopped(store: &Store) -> Box<Error> {
     Error::explain(
         ErrorType::InternalError,
@@ -222,7 +232,15 @@ impl Active {
 enum Pending {
     Entry(Reply<Placed>, Placed, u64, Option<Slot>),
     Meta(Reply<Applied<Placed>>, Placed, u64, Slot),
-    Purge(Reply<Applied<Option<Slot>>>, Option<Slot>),
+    Purge(Reply<Applied<Option<Slot>>>, Placed, u64, Option<Slot>),
+}
+
+impl Pending {
+    fn placed(&self) -> Placed {
+        match self {
+            Pending::Entry(_, p, ..) | Pending::Meta(_, p, ..) | Pending::Purge(_, p, ..) => *p,
+        }
+    }
 }
 
 /// An entry of an evicted segment to copy forward.
@@ -236,6 +254,7 @@ struct Writer {
     store: Arc<Store>,
     active: Option<Active>,
     next_segment: u64,
+    closed: bool,
 }
 
 impl Writer {
@@ -268,7 +287,29 @@ impl Writer {
     }
 
     fn handle(&mut self, job: Job, pending: &mut Vec<Pending>) {
+        if self.closed {
+            let store = &self.store;
+            match job {
+                Job::Fragment { reply, .. } | Job::Entry { reply, .. } => {
+                    drop(reply.send(Err(closed(store))))
+                }
+                Job::Meta { reply, .. } => drop(reply.send(Err(closed(store)))),
+                Job::Purge { reply, .. } => drop(reply.send(Err(closed(store)))),
+                Job::Close { reply } => drop(reply.send(Ok(()))),
+            }
+            return;
+        }
         match job {
+            Job::Close { reply } => {
+                if let Some(active) = self.active.take() {
+                    self.seal(active);
+                }
+                self.closed = true;
+                // Let go of the files and the index.
+                *self.store.segments.write() = Default::default();
+                self.store.index.clear();
+                let _ = reply.send(Ok(()));
+            }
             Job::Fragment { mut rec, reply } => {
                 let _ = reply.send(self.append(&mut rec, Kind::Fragment, 0, 0));
             }
@@ -341,9 +382,9 @@ impl Writer {
                 }
                 let target = expect.map_or(0, |(_, loc)| loc);
                 match self.append(&mut rec, Kind::Purge, hash, target) {
-                    Ok(_) => {
+                    Ok(placed) => {
                         let removed = self.store.index.remove(hash);
-                        pending.push(Pending::Purge(reply, removed));
+                        pending.push(Pending::Purge(reply, placed, hash, removed));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -353,9 +394,14 @@ impl Writer {
         }
     }
 
-    /// Answer a batch once its sync is done; if the sync failed, nothing of
-    /// it is acknowledged, and the entries it published are taken back.
+    /// Answer a batch once its sync is done. If the sync failed, nothing of
+    /// it is acknowledged: its records are made void in place (a reopen
+    /// skips them), the index changes are taken back, and the segment is
+    /// sealed without them.
     fn answer(&mut self, pending: Vec<Pending>, synced: io::Result<()>) {
+        if synced.is_err() {
+            self.void_batch(&pending);
+        }
         let failed = |store: &Store, e: &io::Error| {
             store.io_error("finish", None, "syncing the segment", io::Error::new(e.kind(), e.to_string()))
         };
@@ -389,18 +435,50 @@ impl Writer {
                     }
                     let _ = reply.send(Err(failed(&self.store, e)));
                 }
-                (Pending::Purge(reply, removed), Ok(())) => {
+                (Pending::Purge(reply, _, _, removed), Ok(())) => {
                     let _ = reply.send(Ok(Applied::Done(removed)));
                 }
-                (Pending::Purge(reply, _), Err(e)) => {
+                (Pending::Purge(reply, _, hash, removed), Err(e)) => {
+                    if let Some(old) = removed {
+                        if self.store.index.get(hash).is_none() {
+                            self.store.index.insert(hash, old);
+                        }
+                    }
                     let _ = reply.send(Err(failed(&self.store, e)));
                 }
             }
         }
         if synced.is_err() {
             // After a failed fsync the file's state is unknown: append no
-            // more to it (the next open scans it).
-            self.active = None;
+            // more to it.
+            if let Some(active) = self.active.take() {
+                self.seal(active);
+            }
+        }
+    }
+
+    /// Make the records of a failed group commit void, and leave them out
+    /// of the active segment's summary.
+    fn void_batch(&mut self, pending: &[Pending]) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        for p in pending {
+            let placed = p.placed();
+            if placed.segment != active.seg.id {
+                continue;
+            }
+            let voided = active
+                .seg
+                .read(placed.offset, placed.len as usize)
+                .and_then(|mut rec| {
+                    format::void(&mut rec).map_err(|e| io::Error::other(e.to_string()))?;
+                    active.seg.file.write_all_at(&rec[..format::FIXED_LEN], placed.offset)
+                });
+            if let Err(e) = voided {
+                tracing::warn!(tier = %self.store.name, error = %e, "a record of a failed commit could not be made void");
+            }
+            active.lines.retain(|l| l.offset as u64 != placed.offset);
         }
     }
 

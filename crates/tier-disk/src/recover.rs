@@ -138,6 +138,10 @@ fn scan(seg: &Segment, verify: bool) -> Scanned {
             out.torn = true;
             break;
         }
+        if fixed.kind == Kind::Void {
+            at += len;
+            continue;
+        }
         let Some(line) = seg
             .read(at, len as usize)
             .ok()
@@ -187,7 +191,7 @@ fn check_record(rec: &[u8], block_size: usize, verify: bool) -> Option<(SummaryL
             .unwrap_or(u64::MAX),
         Kind::Meta => decode_meta_ref(&head.extra).ok()?.replaces,
         Kind::Purge if head.extra.len() == 8 => u64_at(&head.extra, 0),
-        Kind::Purge => return None,
+        Kind::Purge | Kind::Void => return None,
         Kind::Fragment => 0,
     };
     Some((
@@ -403,7 +407,7 @@ fn replay(index: &Index, table: &Segments, seg: &Segment, lines: &[SummaryLine])
                     index.remove(line.hash);
                 }
             }
-            Kind::Fragment => {}
+            Kind::Fragment | Kind::Void => {}
         }
     }
 }

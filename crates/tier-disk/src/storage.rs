@@ -212,6 +212,14 @@ impl DiskStorage {
         Ok(())
     }
 
+    /// Close the tier at shutdown: the segment being written is sealed with
+    /// its summary (so the next open reads summaries only), then the tier
+    /// lets go of its files and index. Later lookups miss and later writes
+    /// fail. Writes that finished before stay on disk.
+    pub async fn close(&self) -> Result<()> {
+        self.log.run(&self.store, 0, |reply| Job::Close { reply }).await
+    }
+
     async fn start_write(&'static self, key: &CacheKey, meta: &CacheMeta, listed: bool) -> Result<MissHandler> {
         let compact = key.to_compact();
         let hash = entry_hash64(&compact);

@@ -9,8 +9,10 @@ use tier_conformance::DynStorage;
 use tier_disk::{DiskConfig, DiskStorage, Durability};
 
 fn config(dir: std::path::PathBuf) -> DiskConfig {
+    // Small segments: 1,500 directories stay small on disk.
     DiskConfig::new(dir, 256 << 20)
         .block_size(4096)
+        .segment_bytes(256 << 10)
         .durability(Durability::None)
 }
 
@@ -33,7 +35,13 @@ fn disk_tier_matches_the_model_across_reopens() {
             .downcast_ref::<DiskStorage>()
             .map(|disk| disk.config().dir().to_path_buf())
             .expect("the model runs on a DiskStorage");
+        let disk = storage
+            .as_any()
+            .downcast_ref::<DiskStorage>()
+            .expect("a DiskStorage");
+        let closed = disk.close();
         Box::pin(async move {
+            closed.await.expect("close");
             DiskStorage::open(config(dir)).await.expect("reopen").leak() as DynStorage
         })
     });
