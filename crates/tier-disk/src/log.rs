@@ -548,11 +548,10 @@ impl Writer {
         ))
     }
 
-    /// Seal the active segment, make room, and start a new one.
+    /// Make room, start a new segment, and seal the one it replaces. If the
+    /// new one cannot be created (a full disk), the old one stays active, so
+    /// smaller records may still fit.
     fn rotate(&mut self) -> Result<()> {
-        if let Some(active) = self.active.take() {
-            self.seal(active);
-        }
         let (evicted, reinserts) = self.make_room();
         let store = self.store.clone();
         let layout = store.layout;
@@ -564,11 +563,14 @@ impl Writer {
         let created = match created {
             Ok(seg) => Arc::new(seg),
             Err(e) => {
-                self.finish_eviction(evicted, Vec::new());
+                self.finish_eviction(evicted, reinserts);
                 return Err(store.io_error("finish", None, "creating a segment file", e));
             }
         };
         self.next_segment += 1;
+        if let Some(old) = self.active.take() {
+            self.seal(old);
+        }
         store.segments.write().push(created.clone());
         self.active = Some(Active {
             seg: created,
