@@ -17,8 +17,10 @@ const CHILD_ENV: &str = "TIER_DISK_CRASH_CHILD";
 const KEYS: u32 = 12;
 
 fn config(dir: &std::path::Path) -> DiskConfig {
-    DiskConfig::new(dir, 64 << 20)
+    // Small segments: kills land in rotations, seals and evictions too.
+    DiskConfig::new(dir, 4 << 20)
         .block_size(4096)
+        .segment_bytes(256 << 10)
         .durability(Durability::Full)
 }
 
@@ -91,7 +93,7 @@ async fn killed_writers_leave_every_entry_complete_or_absent() {
     let runs: u32 = if std::env::var("TIER_SOAK").is_ok() {
         400
     } else {
-        100
+        200
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut checked, mut present, mut corrupt_served) = (0u32, 0u32, 0u32);
@@ -117,6 +119,7 @@ async fn killed_writers_leave_every_entry_complete_or_absent() {
         checked += KEYS;
         present += found.present;
         corrupt_served += found.corrupt;
+        disk.close().await.expect("close");
         // Every write whose finish returned under Durability::Full is there,
         // at that generation or a later one.
         for (key, gen) in &lines {
