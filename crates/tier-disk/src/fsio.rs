@@ -74,6 +74,29 @@ pub struct Controls {
     pub skip_sync: bool,
 }
 
+/// A file operation, as the fault plan's journal records it (feature
+/// `fault-injection`): what a power-cut simulation replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+pub enum Event {
+    /// Segment file `segment` was created, `size` bytes long (zeros).
+    Create { segment: u64, size: u64 },
+    /// `bytes` were written at `offset` of segment `segment`.
+    Write {
+        segment: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// Segment `segment` was synced (`fdatasync`).
+    Sync { segment: u64 },
+    /// Segment `segment` was removed.
+    Remove { segment: u64 },
+    /// The directory was synced.
+    DirSync,
+    /// A marker the test put in (for example: this write's finish returned).
+    Mark(u64),
+}
+
 /// Fails the N-th file operation of the disk tier (feature `fault-injection`).
 ///
 /// Counts every segment creation, record append, sync and segment removal
@@ -84,6 +107,7 @@ pub struct FaultPlan {
     kind: parking_lot::Mutex<Option<FaultKind>>,
     seen: std::sync::atomic::AtomicU64,
     controls: parking_lot::Mutex<Controls>,
+    journal: parking_lot::Mutex<Option<Vec<Event>>>,
 }
 
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
@@ -104,6 +128,29 @@ impl FaultPlan {
     /// Operations counted since the last `fail_at`.
     pub fn operations(&self) -> u64 {
         self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Record every file operation from now on (see [`Event`]).
+    pub fn record_journal(&self) {
+        *self.journal.lock() = Some(Vec::new());
+    }
+
+    /// The operations recorded so far, and stop recording.
+    pub fn take_journal(&self) -> Vec<Event> {
+        self.journal.lock().take().unwrap_or_default()
+    }
+
+    /// Put a marker into the journal, in order with the tier's operations.
+    pub fn mark(&self, n: u64) {
+        if let Some(j) = self.journal.lock().as_mut() {
+            j.push(Event::Mark(n));
+        }
+    }
+
+    fn record(&self, event: impl FnOnce() -> Event) {
+        if let Some(j) = self.journal.lock().as_mut() {
+            j.push(event());
+        }
     }
 
     /// Set the negative-control switches.
@@ -178,5 +225,13 @@ impl Faults {
 
     pub(crate) fn controls(&self) -> Controls {
         self.0.as_ref().map(|p| p.controls()).unwrap_or_default()
+    }
+
+    /// Record an operation in the plan's journal, if it keeps one.
+    #[inline]
+    pub(crate) fn record(&self, event: impl FnOnce() -> Event) {
+        if let Some(plan) = &self.0 {
+            plan.record(event);
+        }
     }
 }

@@ -65,7 +65,7 @@ mod storage;
 
 pub use config::{DiskConfig, Durability};
 #[cfg(feature = "fault-injection")]
-pub use fsio::{Controls, FaultKind, FaultPlan};
+pub use fsio::{Controls, Event, FaultKind, FaultPlan};
 pub use read::DiskHitHandler;
 pub use storage::{DiskStats, DiskStorage};
 pub use write::DiskMissHandler;

@@ -13,7 +13,6 @@
 //! into the new one, within a budget.
 
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +22,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Durability;
 use crate::format::{self, Kind, SummaryLine, FOOTER_LEN, SUMMARY_LINE};
-use crate::fsio::FsOp;
 use crate::index::Slot;
 use crate::recover;
-use crate::segment::{segment_name, Segment};
+use crate::segment::Segment;
 use crate::store::Store;
 
 /// Where an appended record landed.
@@ -473,7 +471,9 @@ impl Writer {
                 .read(placed.offset, placed.len as usize)
                 .and_then(|mut rec| {
                     format::void(&mut rec).map_err(|e| io::Error::other(e.to_string()))?;
-                    active.seg.file.write_all_at(&rec[..format::FIXED_LEN], placed.offset)
+                    active
+                        .seg
+                        .write_quietly(&self.store.faults, placed.offset, &rec[..format::FIXED_LEN])
                 });
             if let Err(e) = voided {
                 tracing::warn!(tier = %self.store.name, error = %e, "a record of a failed commit could not be made void");
@@ -489,8 +489,7 @@ impl Writer {
         let Some(active) = &self.active else {
             return Ok(());
         };
-        self.store.faults.check(FsOp::Sync)?;
-        active.seg.file.sync_data()?;
+        active.seg.sync(&self.store.faults)?;
         self.store.disk.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -507,10 +506,9 @@ impl Writer {
             Error::explain(ErrorType::InternalError, format!("{}: {e}", self.store.name))
         })?;
         let offset = active.end;
-        let file = &active.seg.file;
-        self.store
-            .faults
-            .write(rec, |b| file.write_all_at(b, offset))
+        active
+            .seg
+            .write_at(&self.store.faults, offset, rec)
             .map_err(|e| self.store.io_error("finish", None, "appending a record", e))?;
         active.end += len;
         active.max_seq = active.max_seq.max(seq);
@@ -556,10 +554,10 @@ impl Writer {
         let store = self.store.clone();
         let layout = store.layout;
         let id = self.next_segment;
-        let created = store
-            .faults
-            .check(FsOp::Create)
-            .and_then(|_| store.dir.create_segment(id, layout.segment_bytes, layout.block_size));
+        let created =
+            store
+                .dir
+                .create_segment(&store.faults, id, layout.segment_bytes, layout.block_size);
         let created = match created {
             Ok(seg) => Arc::new(seg),
             Err(e) => {
@@ -580,7 +578,7 @@ impl Writer {
         });
         self.finish_eviction(evicted, reinserts);
         if store.config.durability == Durability::Full {
-            if let Err(e) = store.dir.sync() {
+            if let Err(e) = store.dir.sync(&store.faults) {
                 store.counters.record_error();
                 tracing::warn!(tier = %store.name, error = %e, "directory fsync failed");
             }
@@ -588,14 +586,23 @@ impl Writer {
         Ok(())
     }
 
-    /// Write the summary and footer of `active`, and sync it.
+    /// Write the summary and footer of `active`, and sync it. With
+    /// durability on, its records are synced first: a footer that reaches
+    /// the disk then never lists a record that did not.
     fn seal(&self, active: Active) {
         let store = &self.store;
-        let sealed = recover::seal(&store.faults, &active.seg, active.end, &active.lines, active.max_seq)
+        let records_synced = if self.durable() {
+            active.seg.sync(&store.faults).map(|_| {
+                store.disk.syncs.fetch_add(1, Ordering::Relaxed);
+            })
+        } else {
+            Ok(())
+        };
+        let sealed = records_synced
+            .and_then(|_| recover::seal(&store.faults, &active.seg, active.end, &active.lines, active.max_seq))
             .and_then(|_| {
                 if self.durable() {
-                    store.faults.check(FsOp::Sync)?;
-                    active.seg.file.sync_data()?;
+                    active.seg.sync(&store.faults)?;
                     store.disk.syncs.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())
@@ -711,10 +718,7 @@ impl Writer {
             }
         }
         for seg in &evicted {
-            let removed = store
-                .faults
-                .check(FsOp::Remove)
-                .and_then(|_| store.dir.remove(&segment_name(seg.id)));
+            let removed = store.dir.remove_segment(&store.faults, seg.id);
             if let Err(e) = removed {
                 store.counters.record_error();
                 tracing::warn!(tier = %store.name, segment = seg.id, error = %e, "evicted segment not removed");

@@ -24,9 +24,9 @@ use crate::format::{
     decode_summary, encode_footer, encode_summary, loc_parts, summary_crc, u64_at, Footer, Kind,
     SummaryLine, FIXED_LEN, FOOTER_LEN, SEG_HEADER_LEN,
 };
-use crate::fsio::{Blocking, Faults, FsOp};
+use crate::fsio::{Blocking, Faults};
 use crate::index::{Index, Slot};
-use crate::segment::{parse_segment_name, segment_name, CacheDir, Listed, Segment};
+use crate::segment::{parse_segment_name, CacheDir, Listed, Segment};
 use crate::store::{DiskCounters, Segments, Store};
 
 /// Write `lines` as the summary of `seg` at `end`, then its footer (the
@@ -49,8 +49,8 @@ pub(crate) fn seal(
         summary_crc: summary_crc(&summary),
         max_seq,
     });
-    faults.write(&summary, |b| seg.file.write_all_at(b, end))?;
-    faults.write(&footer, |b| seg.file.write_all_at(b, seg.size - FOOTER_LEN))
+    seg.write_at(faults, end, &summary)?;
+    seg.write_at(faults, seg.size - FOOTER_LEN, &footer)
 }
 
 /// What a segment holds.
@@ -320,9 +320,7 @@ pub(crate) fn open(config: DiskConfig) -> Result<(Arc<Store>, u64, Report)> {
     {
         let seg = segments.remove(0);
         report.evicted_segments += 1;
-        let _ = faults
-            .check(FsOp::Remove)
-            .and_then(|_| dir.remove(&segment_name(seg.id)));
+        let _ = dir.remove_segment(&faults, seg.id);
     }
 
     let table = Segments::from_sorted(segments.clone());
@@ -335,8 +333,12 @@ pub(crate) fn open(config: DiskConfig) -> Result<(Arc<Store>, u64, Report)> {
             report.torn += scanned.torn as usize;
             // Seal it with what it holds, so it is never appended to again
             // and the next open reads its summary.
-            let sealed = seal(&faults, seg, scanned.end, &scanned.lines, scanned.max_seq)
-                .and_then(|_| seg.file.sync_data());
+            // Its records first (they may be in the page cache only): a
+            // footer on disk never lists a record that is not.
+            let sealed = seg
+                .sync(&faults)
+                .and_then(|_| seal(&faults, seg, scanned.end, &scanned.lines, scanned.max_seq))
+                .and_then(|_| seg.sync(&faults));
             if let Err(e) = sealed {
                 tracing::warn!(tier = %name, segment = seg.id, error = %e, "recovered segment not sealed");
             }
@@ -391,10 +393,10 @@ fn replay(index: &Index, table: &Segments, seg: &Segment, lines: &[SummaryLine])
         let here = Slot::new(seg.id, line.offset as u64, line.len as u64);
         match line.kind {
             Kind::Entry => {
+                // An entry whose fragments are gone is not usable: the one it
+                // replaced (if still there) stays.
                 if line.aux == u64::MAX || table.all_live(line.aux, seg.id) {
                     index.insert(line.hash, here);
-                } else {
-                    index.remove(line.hash);
                 }
             }
             Kind::Meta => {

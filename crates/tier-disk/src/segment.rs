@@ -16,6 +16,7 @@ use rustix::fs::{AtFlags, FallocateFlags, FileType, Mode, OFlags};
 use rustix::io::ReadWriteFlags;
 
 use crate::format::{encode_segment_header, SEG_HEADER_LEN};
+use crate::fsio::{Event, Faults, FsOp};
 
 /// The file name of segment `id`.
 pub(crate) fn segment_name(id: u64) -> String {
@@ -40,6 +41,38 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
+    /// Write `buf` at `offset`, through the fault seam. Blocking.
+    pub(crate) fn write_at(&self, faults: &Faults, offset: u64, buf: &[u8]) -> io::Result<()> {
+        faults.write(buf, |b| {
+            self.file.write_all_at(b, offset)?;
+            faults.record(|| Event::Write {
+                segment: self.id,
+                offset,
+                bytes: b.to_vec(),
+            });
+            Ok(())
+        })
+    }
+
+    /// Write `buf` at `offset` as cleanup: never failed by the fault plan.
+    pub(crate) fn write_quietly(&self, faults: &Faults, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)?;
+        faults.record(|| Event::Write {
+            segment: self.id,
+            offset,
+            bytes: buf.to_vec(),
+        });
+        Ok(())
+    }
+
+    /// `fdatasync` the segment, through the fault seam. Blocking.
+    pub(crate) fn sync(&self, faults: &Faults) -> io::Result<()> {
+        faults.check(FsOp::Sync)?;
+        self.file.sync_data()?;
+        faults.record(|| Event::Sync { segment: self.id });
+        Ok(())
+    }
+
     /// Read `len` bytes at `offset` (fewer at the end of the file). Blocking.
     pub(crate) fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let len = len.min(self.size.saturating_sub(offset) as usize);
@@ -114,7 +147,14 @@ impl CacheDir {
 
     /// Create segment `id`: a new file (never an existing one, never through
     /// a symlink), 0600, preallocated to `size`, with its header written.
-    pub(crate) fn create_segment(&self, id: u64, size: u64, block_size: usize) -> io::Result<Segment> {
+    pub(crate) fn create_segment(
+        &self,
+        faults: &Faults,
+        id: u64,
+        size: u64,
+        block_size: usize,
+    ) -> io::Result<Segment> {
+        faults.check(FsOp::Create)?;
         let name = segment_name(id);
         let fd = rustix::fs::openat(
             &self.fd,
@@ -130,10 +170,19 @@ impl CacheDir {
                 Err(rustix::io::Errno::OPNOTSUPP) => file.set_len(size)?,
                 Err(e) => return Err(io::Error::from(e)),
             }
-            file.write_all_at(&encode_segment_header(id, size, block_size), 0)
+            faults.record(|| Event::Create { segment: id, size });
+            let header = encode_segment_header(id, size, block_size);
+            file.write_all_at(&header, 0)?;
+            faults.record(|| Event::Write {
+                segment: id,
+                offset: 0,
+                bytes: header.to_vec(),
+            });
+            Ok(())
         })();
         if let Err(e) = made {
             let _ = self.remove(&name);
+            faults.record(|| Event::Remove { segment: id });
             return Err(e);
         }
         Ok(Segment {
@@ -163,6 +212,14 @@ impl CacheDir {
         Ok(File::from(fd))
     }
 
+    /// Remove segment `id`'s file, through the fault seam.
+    pub(crate) fn remove_segment(&self, faults: &Faults, id: u64) -> io::Result<()> {
+        faults.check(FsOp::Remove)?;
+        self.remove(&segment_name(id))?;
+        faults.record(|| Event::Remove { segment: id });
+        Ok(())
+    }
+
     /// Remove the file `name` (never what a symlink points to).
     pub(crate) fn remove(&self, name: &str) -> io::Result<()> {
         rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()).map_err(io::Error::from)
@@ -175,8 +232,10 @@ impl CacheDir {
     }
 
     /// fsync the directory, so creations and removals survive a power cut.
-    pub(crate) fn sync(&self) -> io::Result<()> {
-        rustix::fs::fsync(&self.fd).map_err(io::Error::from)
+    pub(crate) fn sync(&self, faults: &Faults) -> io::Result<()> {
+        rustix::fs::fsync(&self.fd).map_err(io::Error::from)?;
+        faults.record(|| Event::DirSync);
+        Ok(())
     }
 }
 
@@ -246,7 +305,8 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let root = tempfile::tempdir().expect("tempdir");
         let dir = CacheDir::open(&root.path().join("c")).expect("opens");
-        let seg = dir.create_segment(1, 1 << 20, 4096).expect("creates");
+        let faults = Faults::default();
+        let seg = dir.create_segment(&faults, 1, 1 << 20, 4096).expect("creates");
         let meta = std::fs::metadata(root.path().join("c").join(segment_name(1))).expect("exists");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(meta.len(), 1 << 20);
@@ -254,7 +314,7 @@ mod tests {
         let outside = root.path().join("outside");
         std::fs::write(&outside, b"keep").expect("write");
         std::os::unix::fs::symlink(&outside, root.path().join("c").join(segment_name(2))).expect("symlink");
-        assert!(dir.create_segment(2, 1 << 20, 4096).is_err());
+        assert!(dir.create_segment(&faults, 2, 1 << 20, 4096).is_err());
         assert!(dir.open_file(&segment_name(2)).is_err());
         assert_eq!(std::fs::read(&outside).expect("read"), b"keep");
     }
