@@ -95,6 +95,77 @@ pub fn measure(dir: &Path, workload: &Workload, n_files: u64) -> std::io::Result
 }
 
 /// The raw rates as a markdown table, labelled with the workload's sizes.
+/// Read `n` records of `workload`'s bodies, laid out as the disk tier lays
+/// them out (a head of 200 bytes, then each 64 KiB block and its checksum),
+/// from one already open file with `pread`, from `threads` threads, checking
+/// each block's XXH3 checksum: the floor a disk hit is compared to.
+pub fn pread_records(dir: &Path, workload: &Workload, n: u64, threads: usize) -> std::io::Result<RawRate> {
+    use std::os::unix::fs::FileExt;
+    const HEAD: usize = 200;
+    const BLOCK: usize = 64 << 10;
+    let sub = tempfile::tempdir_in(dir)?;
+    let path = sub.path().join("records");
+    let mut file = File::create(&path)?;
+    let mut offsets = Vec::with_capacity(n as usize);
+    let mut at = 0u64;
+    for i in 0..n {
+        let body = workload.body(i);
+        let mut rec = vec![0u8; HEAD];
+        for block in body.chunks(BLOCK) {
+            rec.extend_from_slice(block);
+            rec.extend_from_slice(&(xxhash_rust::xxh3::xxh3_64(block) as u32).to_le_bytes());
+        }
+        file.write_all(&rec)?;
+        offsets.push((at, rec.len(), body.len()));
+        at += rec.len() as u64;
+    }
+    file.sync_data()?;
+    let file = std::sync::Arc::new(File::open(&path)?);
+    let offsets = std::sync::Arc::new(offsets);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads.max(1))
+        .map(|t| {
+            let (file, offsets) = (file.clone(), offsets.clone());
+            std::thread::spawn(move || -> std::io::Result<u64> {
+                let mut bytes = 0u64;
+                for (i, &(at, len, body_len)) in offsets.iter().enumerate().skip(t).step_by(threads.max(1)) {
+                    let mut buf = vec![0u8; len];
+                    file.read_exact_at(&mut buf, at)?;
+                    let mut pos = HEAD;
+                    let mut left = body_len;
+                    let expected = Expected::new(i as u64, body_len.min(BLOCK));
+                    while left > 0 {
+                        let take = left.min(BLOCK);
+                        let block = &buf[pos..pos + take];
+                        let mut crc = [0u8; 4];
+                        crc.copy_from_slice(&buf[pos + take..pos + take + 4]);
+                        if u32::from_le_bytes(crc) != xxhash_rust::xxh3::xxh3_64(block) as u32 {
+                            return Err(std::io::Error::other("raw record checksum"));
+                        }
+                        if pos == HEAD && !expected.check(0, block) {
+                            return Err(std::io::Error::other("raw record bytes"));
+                        }
+                        pos += take + 4;
+                        left -= take;
+                    }
+                    bytes += body_len as u64;
+                }
+                Ok(bytes)
+            })
+        })
+        .collect();
+    let mut bytes = 0;
+    for h in handles {
+        bytes += h.join().map_err(|_| std::io::Error::other("raw reader panicked"))??;
+    }
+    Ok(RawRate {
+        label: "pread of records from an open file, checked",
+        files: n,
+        bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
 pub fn raw_markdown_wrapper(rates: &[RawRate], workload: &Workload) -> String {
     crate::report::raw_markdown(rates, &workload.size.label())
 }

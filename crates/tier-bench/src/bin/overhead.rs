@@ -21,6 +21,13 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const BODY: usize = 4096;
 
+/// Net heap growth in a region. `stats_alloc` already adds a realloc's
+/// growth to `bytes_allocated` (and its shrinking to `bytes_deallocated`);
+/// `bytes_reallocated` is the same change again, so it is not added.
+fn net_bytes(change: &stats_alloc::Stats) -> i64 {
+    change.bytes_allocated as i64 - change.bytes_deallocated as i64
+}
+
 fn measure(
     name: &str,
     storage: &'static (dyn Storage + Sync),
@@ -50,11 +57,63 @@ fn measure(
         }
     });
     let change = region.change();
-    let net = change.bytes_allocated as i64 - change.bytes_deallocated as i64
-        + change.bytes_reallocated as i64;
+    let net = net_bytes(&change);
     let per_entry = net as f64 / n as f64;
     let overhead = per_entry - (BODY + meta_bytes) as f64;
     format!("| {name} | {n} | {per_entry:.0} | {overhead:.0} |\n")
+}
+
+/// Heap bytes per entry of the disk tier: its bodies and metas are on disk,
+/// so what the counting allocator sees is its index (and anything else it
+/// keeps per entry).
+fn disk_index(n: usize) -> String {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = tier_disk::DiskConfig::new(dir.path(), 64 << 30).durability(tier_disk::Durability::None);
+    let meta = std::sync::Arc::new(tier_core::testing::meta_fresh_for(
+        std::time::Duration::from_secs(86_400),
+        &[("content-type", "application/octet-stream")],
+    ));
+    let region = Region::new(GLOBAL);
+    let disk: &'static tier_disk::DiskStorage = rt
+        .block_on(tier_disk::DiskStorage::open(config))
+        .expect("open")
+        .leak();
+    let body = Bytes::from(vec![7u8; 64]);
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..16)
+            .map(|t| {
+                let (meta, body) = (meta.clone(), body.clone());
+                tokio::spawn(async move {
+                    let span = Span::inactive().handle();
+                    for i in (t..n).step_by(16) {
+                        let key = CacheKey::new(format!("bench/{i}"), "");
+                        if let Ok(mut miss) = disk.get_miss_handler(&key, &meta, &span).await {
+                            if miss.write_body(body.clone(), true).await.is_ok() {
+                                let _ = miss.finish().await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let change = region.change();
+    let net = net_bytes(&change);
+    let entries = tier_core::Tier::stats(disk).entries;
+
+    format!(
+        "\n| disk tier (bodies and metas on disk) | entries | heap bytes per entry, all of the tier | of which the index table |\n|---|---:|---:|---:|\n| tier-disk | {entries} | {:.1} | {:.1} |\n",
+        net as f64 / entries.max(1) as f64,
+        disk.disk_stats().index_bytes as f64 / entries.max(1) as f64
+    )
 }
 
 fn main() {
@@ -85,6 +144,7 @@ fn main() {
     let tier: &'static MemoryStorage =
         Box::leak(Box::new(MemoryStorage::new(MemoryConfig::new(4 << 30))));
     section.push_str(&measure("tier-memory", tier, n, meta_bytes));
+    section.push_str(&disk_index(if quick { 100_000 } else { 1_000_000 }));
     println!("{section}");
     let report = out.join("report.md");
     let previous = std::fs::read_to_string(&report).unwrap_or_default();
