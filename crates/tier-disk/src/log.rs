@@ -92,6 +92,36 @@ pub(crate) struct LogHandle {
     tx: mpsc::UnboundedSender<Queued>,
     queued: Arc<Semaphore>,
     timeout: Duration,
+    bell: Arc<Doorbell>,
+}
+
+/// Rung on every send, so the writer can wait a moment for more jobs with a
+/// timeout (the channel's receiver cannot).
+#[derive(Debug, Default)]
+struct Doorbell {
+    rings: parking_lot::Mutex<u64>,
+    ringing: parking_lot::Condvar,
+}
+
+impl Doorbell {
+    fn ring(&self) {
+        *self.rings.lock() += 1;
+        self.ringing.notify_one();
+    }
+
+    fn rings(&self) -> u64 {
+        *self.rings.lock()
+    }
+
+    /// Wait until rung after `seen` rings, or until `deadline`.
+    fn wait(&self, seen: u64, deadline: std::time::Instant) {
+        let mut rings = self.rings.lock();
+        while *rings == seen {
+            if self.ringing.wait_until(&mut rings, deadline).timed_out() {
+                return;
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Queued {
@@ -106,11 +136,15 @@ impl LogHandle {
     pub(crate) fn start(store: Arc<Store>, next_segment: u64) -> io::Result<LogHandle> {
         let (tx, rx) = mpsc::unbounded_channel();
         let timeout = store.config.write_timeout;
+        let bell = Arc::new(Doorbell::default());
         let writer = Writer {
             store,
             active: None,
             next_segment,
             closed: false,
+            bell: bell.clone(),
+            last_sync: Duration::ZERO,
+            last_group: 0,
         };
         std::thread::Builder::new()
             .name("tier-disk-log".into())
@@ -119,6 +153,7 @@ impl LogHandle {
             tx,
             queued: Arc::new(Semaphore::new(QUEUE_BYTES as usize)),
             timeout,
+            bell,
         })
     }
 
@@ -163,6 +198,7 @@ impl LogHandle {
                 _permit: Some(permit),
             })
             .map_err(|_| stopped(store))?;
+        self.bell.ring();
         answer.await.map_err(|_| stopped(store))?
     }
 }
@@ -175,6 +211,7 @@ pub(crate) struct WeakLog {
     tx: mpsc::WeakUnboundedSender<Queued>,
     queued: Arc<Semaphore>,
     timeout: Duration,
+    bell: Arc<Doorbell>,
 }
 
 impl WeakLog {
@@ -183,6 +220,7 @@ impl WeakLog {
             tx: self.tx.upgrade()?,
             queued: self.queued.clone(),
             timeout: self.timeout,
+            bell: self.bell.clone(),
         })
     }
 }
@@ -193,6 +231,7 @@ impl LogHandle {
             tx: self.tx.downgrade(),
             queued: self.queued.clone(),
             timeout: self.timeout,
+            bell: self.bell.clone(),
         }
     }
 }
@@ -253,7 +292,15 @@ struct Writer {
     active: Option<Active>,
     next_segment: u64,
     closed: bool,
+    bell: Arc<Doorbell>,
+    /// How long the last group commit's sync took.
+    last_sync: Duration,
+    /// How many answers the last group commit held.
+    last_group: usize,
 }
+
+/// The longest a group commit waits for writes still on their way.
+const MAX_COMMIT_DELAY: Duration = Duration::from_micros(500);
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Queued>) {
@@ -269,8 +316,34 @@ impl Writer {
             for queued in batch {
                 self.handle(queued.job, &mut pending);
             }
+            if !pending.is_empty() && self.durable() {
+                // Writers answered by the last group come back within a
+                // fraction of a sync: wait for them (a commit delay), so
+                // they share this group's sync rather than split into two
+                // half groups; probe for one more than last time, so the
+                // group grows to the number of writers. Never longer than
+                // half the last sync.
+                let deadline = std::time::Instant::now() + (self.last_sync / 2).min(MAX_COMMIT_DELAY);
+                let target = self.last_group + 1;
+                while pending.len() < target
+                    && (self.store.open_writes.load(Ordering::Relaxed) > 0 || pending.len() < self.last_group)
+                    && std::time::Instant::now() < deadline
+                {
+                    let seen = self.bell.rings();
+                    match rx.try_recv() {
+                        Ok(queued) => self.handle(queued.job, &mut pending),
+                        Err(mpsc::error::TryRecvError::Empty) => self.bell.wait(seen, deadline),
+                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    }
+                }
+                self.last_group = pending.len();
+            }
             if !pending.is_empty() {
+                let started = std::time::Instant::now();
                 let synced = self.sync_active();
+                if self.durable() {
+                    self.last_sync = started.elapsed();
+                }
                 self.answer(pending, synced);
             }
         }

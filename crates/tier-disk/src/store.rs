@@ -101,6 +101,8 @@ pub(crate) struct Store {
     pub(crate) disk: DiskCounters,
     pub(crate) listener: RwLock<Option<Arc<dyn EvictionListener>>>,
     pub(crate) log: std::sync::OnceLock<crate::log::WeakLog>,
+    /// Writes started whose entry record is not yet with the log writer.
+    pub(crate) open_writes: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Store {

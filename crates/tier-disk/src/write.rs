@@ -122,6 +122,8 @@ pub struct DiskMissHandler {
     body_len: u64,
     tag: U64WriteId,
     state: State,
+    /// Counted in the store's open writes (until the entry is submitted).
+    counted: bool,
 }
 
 impl std::fmt::Debug for DiskMissHandler {
@@ -200,6 +202,7 @@ impl DiskMissHandler {
         if listed {
             store.register_write(hash, inflight.clone());
         }
+        store.open_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(DiskMissHandler {
             store,
             log,
@@ -209,6 +212,7 @@ impl DiskMissHandler {
             body_len: 0,
             tag: U64WriteId::from(id),
             state: State::Open,
+            counted: true,
         })
     }
 
@@ -265,8 +269,16 @@ impl DiskMissHandler {
         Ok(())
     }
 
+    /// No longer an open write the log writer should wait for.
+    fn uncount(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.store.open_writes.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Give up: readers fail; nothing written is ever indexed.
     fn give_up(&mut self) {
+        self.uncount();
         self.state = State::Failed;
         self.inflight.set(Progress::Aborted);
         if self.listed {
@@ -365,6 +377,7 @@ impl HandleMiss for DiskMissHandler {
         };
         let hash = self.hash;
         let len = rec.len();
+        self.uncount();
         let placed = self
             .log
             .run(&self.store, len, |reply| Job::Entry {
