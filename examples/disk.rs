@@ -38,11 +38,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         chunks += 1;
         bytes += chunk.len();
     }
-    println!("streamed {bytes} bytes in {chunks} checked blocks");
+    println!("streamed {bytes} bytes in {chunks} chunks, every block checked");
 
     let (_, mut hit) = disk.lookup(&key, &span).await?.ok_or("stored")?;
     hit.seek(100_000, Some(100_010))?;
-    println!("bytes 100000..100010: {:?}", hit.read_body().await?);
+    let range = hit.read_body().await?.unwrap_or_default();
+    println!("bytes 100000..100010: {} bytes, each {}", range.len(), range[0]);
 
     let other = CacheKey::new("example.com/style.css", "");
     let mut miss = disk.get_miss_handler(&other, &meta, &span).await?;
@@ -60,16 +61,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?
     );
-    disk.save_order().await?;
-    println!("before reopen: {:?}", disk.stats());
+    let stats = disk.stats();
+    println!(
+        "before reopen: {} entries, {} bytes of segment files, {} hits, {} misses",
+        stats.entries,
+        disk.used_bytes(),
+        stats.hits,
+        stats.misses
+    );
+    // At shutdown: seal the segment being written, so the next open reads
+    // segment summaries only.
+    disk.close().await?;
 
-    // A restart: the index is rebuilt from the files.
+    // A restart: the index is rebuilt from the segments' summaries.
     let reopened = DiskStorage::open(config()).await?.leak();
     let found = reopened.lookup(&other, &span).await?.is_some();
     let purged = reopened.lookup(&key, &span).await?.is_none();
     println!("after reopen: style.css found: {found}, photo.jpg still purged: {purged}");
     println!(
-        "after reopen: {} entries, {} bytes",
+        "after reopen: {} entries, {} bytes of segment files",
         reopened.stats().entries,
         reopened.used_bytes()
     );
