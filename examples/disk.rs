@@ -43,7 +43,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (_, mut hit) = disk.lookup(&key, &span).await?.ok_or("stored")?;
     hit.seek(100_000, Some(100_010))?;
     let range = hit.read_body().await?.unwrap_or_default();
-    println!("bytes 100000..100010: {} bytes, each {}", range.len(), range[0]);
+    println!(
+        "bytes 100000..100010: {} bytes, each {}",
+        range.len(),
+        range[0]
+    );
 
     let other = CacheKey::new("example.com/style.css", "");
     let mut miss = disk.get_miss_handler(&other, &meta, &span).await?;

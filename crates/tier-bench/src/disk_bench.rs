@@ -73,7 +73,8 @@ fn insert(
     if m.errors > 0 {
         return Err(std::io::Error::other(format!("{} write errors", m.errors)));
     }
-    let syncs_per_sec = (disk.disk_stats().syncs - syncs) as f64 / m.elapsed.as_secs_f64().max(1e-9);
+    let syncs_per_sec =
+        (disk.disk_stats().syncs - syncs) as f64 / m.elapsed.as_secs_f64().max(1e-9);
     Ok(Inserted {
         amplification: before
             .zip(after)
@@ -108,7 +109,10 @@ fn run(rt: &Runtime, dir: &Path, quick: bool, tasks: usize) -> std::io::Result<S
          concurrent writers: `finish` returns once its record is synced, concurrent finishes \
          share one fdatasync).\n"
     );
-    let _ = writeln!(out, "| workload | tier-disk | peer | ratio |\n|---|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| workload | tier-disk | peer | ratio |\n|---|---:|---:|---:|"
+    );
     for size in [4usize << 10, 16 << 10] {
         let label = format!("{} KiB", size >> 10);
         let w = workload(size, small_keys);
@@ -140,7 +144,8 @@ fn run(rt: &Runtime, dir: &Path, quick: bool, tasks: usize) -> std::io::Result<S
                     );
                     if size == 4 << 10 {
                         let trace = Arc::new((0..small_keys).collect::<Vec<_>>());
-                        let read = run_trace(rt, fast.disk as DynStorage, &w, trace, tasks, Op::Read);
+                        let read =
+                            run_trace(rt, fast.disk as DynStorage, &w, trace, tasks, Op::Read);
                         let _ = writeln!(
                             out,
                             "| {label}: disk hits/s ({tasks} tasks, p99 {:.0} µs) | {:.0} | foyer {:.0} | {:.2}× |",
@@ -193,7 +198,13 @@ fn run(rt: &Runtime, dir: &Path, quick: bool, tasks: usize) -> std::io::Result<S
             }
         }
         if size == 4 << 10 {
-            let single = insert(rt, dir, &workload(size, small_keys / 4), Durability::Data, 1)?;
+            let single = insert(
+                rt,
+                dir,
+                &workload(size, small_keys / 4),
+                Durability::Data,
+                1,
+            )?;
             if let Some(a) = single.amplification {
                 let _ = writeln!(
                     out,
@@ -226,7 +237,10 @@ fn run(rt: &Runtime, dir: &Path, quick: bool, tasks: usize) -> std::io::Result<S
         read.mib_per_sec() / raw[2].mib_per_sec().max(1e-9)
     );
     if let Some(a) = durable.amplification {
-        let _ = writeln!(out, "| 1 MiB, Data: bytes written per body byte admitted | {a:.3} | 1.000 | |");
+        let _ = writeln!(
+            out,
+            "| 1 MiB, Data: bytes written per body byte admitted | {a:.3} | 1.000 | |"
+        );
     }
     #[cfg(not(feature = "peers"))]
     out.push_str("\nfoyer is not in this run (built without the `peers` feature).\n");
@@ -261,7 +275,11 @@ fn run(rt: &Runtime, dir: &Path, quick: bool, tasks: usize) -> std::io::Result<S
         let took = started.elapsed();
         let entries = tier_core::Tier::stats(reopened).entries;
         let index = reopened.disk_stats().index_bytes as f64 / entries.max(1) as f64;
-        let _ = writeln!(out, "| {entries} | {:.0} ms | {index:.1} |", took.as_secs_f64() * 1000.0);
+        let _ = writeln!(
+            out,
+            "| {entries} | {:.0} ms | {index:.1} |",
+            took.as_secs_f64() * 1000.0
+        );
         rt.block_on(reopened.close())
             .map_err(|e| std::io::Error::other(e.to_string()))?;
     }

@@ -99,7 +99,12 @@ pub fn measure(dir: &Path, workload: &Workload, n_files: u64) -> std::io::Result
 /// them out (a head of 200 bytes, then each 64 KiB block and its checksum),
 /// from one already open file with `pread`, from `threads` threads, checking
 /// each block's XXH3 checksum: the floor a disk hit is compared to.
-pub fn pread_records(dir: &Path, workload: &Workload, n: u64, threads: usize) -> std::io::Result<RawRate> {
+pub fn pread_records(
+    dir: &Path,
+    workload: &Workload,
+    n: u64,
+    threads: usize,
+) -> std::io::Result<RawRate> {
     use std::os::unix::fs::FileExt;
     const HEAD: usize = 200;
     const BLOCK: usize = 64 << 10;
@@ -128,7 +133,9 @@ pub fn pread_records(dir: &Path, workload: &Workload, n: u64, threads: usize) ->
             let (file, offsets) = (file.clone(), offsets.clone());
             std::thread::spawn(move || -> std::io::Result<u64> {
                 let mut bytes = 0u64;
-                for (i, &(at, len, body_len)) in offsets.iter().enumerate().skip(t).step_by(threads.max(1)) {
+                for (i, &(at, len, body_len)) in
+                    offsets.iter().enumerate().skip(t).step_by(threads.max(1))
+                {
                     let mut buf = vec![0u8; len];
                     file.read_exact_at(&mut buf, at)?;
                     let mut pos = HEAD;
@@ -156,7 +163,9 @@ pub fn pread_records(dir: &Path, workload: &Workload, n: u64, threads: usize) ->
         .collect();
     let mut bytes = 0;
     for h in handles {
-        bytes += h.join().map_err(|_| std::io::Error::other("raw reader panicked"))??;
+        bytes += h
+            .join()
+            .map_err(|_| std::io::Error::other("raw reader panicked"))??;
     }
     Ok(RawRate {
         label: "pread of records from an open file, checked",

@@ -145,12 +145,15 @@ impl DiskConfig {
         let segment_bytes = self
             .segment_bytes
             .min(self.capacity_bytes / 8)
-            .min(crate::index::MAX_SEGMENT_BYTES)
-            .max(MIN_SEGMENT)
+            .clamp(MIN_SEGMENT, crate::index::MAX_SEGMENT_BYTES)
             / 4096
             * 4096;
-        let block_size = self.block_size.min((segment_bytes / 4) as usize).max(crate::format::MIN_BLOCK);
-        let fragment_bytes = ((256 << 10).min(segment_bytes as usize / 8) / block_size).max(1) * block_size;
+        let block_size = self
+            .block_size
+            .min((segment_bytes / 4) as usize)
+            .max(crate::format::MIN_BLOCK);
+        let fragment_bytes =
+            ((256 << 10).min(segment_bytes as usize / 8) / block_size).max(1) * block_size;
         Layout {
             segment_bytes,
             block_size,

@@ -346,7 +346,9 @@ pub(crate) fn decode_fixed(b: &[u8]) -> Result<Fixed, FormatError> {
         return Err(FormatError::NotOurs);
     }
     if b[3] != REC_MAGIC[3] {
-        return Err(FormatError::OtherVersion(u32::from(b[3].wrapping_sub(b'0'))));
+        return Err(FormatError::OtherVersion(u32::from(
+            b[3].wrapping_sub(b'0'),
+        )));
     }
     let kind = Kind::from_u8(b[4]).ok_or(FormatError::Corrupt("unknown record kind"))?;
     let fixed = Fixed {
@@ -694,7 +696,10 @@ mod tests {
         assert_eq!(bytes.len() as u64 % ALIGN, 0);
         let start = head.fixed.data_start() as usize;
         let ranges = check_blocks(&bytes[start..], 10_000, MIN_BLOCK, 42, 0, true).expect("checks");
-        let body: Vec<u8> = ranges.iter().flat_map(|r| bytes[start..][r.clone()].to_vec()).collect();
+        let body: Vec<u8> = ranges
+            .iter()
+            .flat_map(|r| bytes[start..][r.clone()].to_vec())
+            .collect();
         assert_eq!(body, data);
     }
 
@@ -710,9 +715,16 @@ mod tests {
             flipped[bit / 8] ^= 1 << (bit % 8);
             let ok = decode_head(&flipped).and_then(|head| {
                 let start = head.fixed.data_start() as usize;
-                check_blocks(&flipped[start..], head.fixed.data_len, MIN_BLOCK, head.fixed.entry_id, 0, true)
-                    .map_err(|_| FormatError::Corrupt("block"))
-                    .map(|_| ())
+                check_blocks(
+                    &flipped[start..],
+                    head.fixed.data_len,
+                    MIN_BLOCK,
+                    head.fixed.entry_id,
+                    0,
+                    true,
+                )
+                .map_err(|_| FormatError::Corrupt("block"))
+                .map(|_| ())
             });
             assert!(ok.is_err(), "flip of bit {bit} went unnoticed");
         }
@@ -741,7 +753,13 @@ mod tests {
 
     #[test]
     fn footers_and_summaries_round_trip_and_reject_damage() {
-        let lines = vec![SummaryLine { hash: 5, aux: 6, offset: 64, len: 128, kind: Kind::Meta }];
+        let lines = vec![SummaryLine {
+            hash: 5,
+            aux: 6,
+            offset: 64,
+            len: 128,
+            kind: Kind::Meta,
+        }];
         let mut summary = Vec::new();
         encode_summary(&lines, &mut summary);
         assert_eq!(decode_summary(&summary).expect("decodes"), lines);
@@ -753,13 +771,21 @@ mod tests {
         };
         let mut bytes = encode_footer(footer);
         assert_eq!(decode_footer(&bytes, 1 << 20), Some(footer));
-        assert_eq!(decode_footer(&bytes, 200), None, "a summary past the footer");
+        assert_eq!(
+            decode_footer(&bytes, 200),
+            None,
+            "a summary past the footer"
+        );
         bytes[9] ^= 1;
         assert_eq!(decode_footer(&bytes, 1 << 20), None);
         let header = encode_segment_header(3, 1 << 20, MIN_BLOCK);
         assert_eq!(
             decode_segment_header(&header),
-            Ok(SegmentHeader { id: 3, size: 1 << 20, block_size: MIN_BLOCK })
+            Ok(SegmentHeader {
+                id: 3,
+                size: 1 << 20,
+                block_size: MIN_BLOCK
+            })
         );
     }
 

@@ -169,8 +169,12 @@ impl FaultPlan {
         if self.fail_at.load(Ordering::SeqCst) == n {
             let kind = *self.kind.lock();
             return match kind {
-                Some(FaultKind::Eio) => Err(io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error())),
-                Some(FaultKind::NoSpace) => Err(io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error())),
+                Some(FaultKind::Eio) => Err(io::Error::from_raw_os_error(
+                    rustix::io::Errno::IO.raw_os_error(),
+                )),
+                Some(FaultKind::NoSpace) => Err(io::Error::from_raw_os_error(
+                    rustix::io::Errno::NOSPC.raw_os_error(),
+                )),
                 Some(FaultKind::ShortWrite) => Ok(Some(FaultKind::ShortWrite)),
                 None => Ok(None),
             };
@@ -194,7 +198,9 @@ impl Faults {
         match &self.0 {
             None => Ok(()),
             Some(plan) => match plan.check(op)? {
-                Some(FaultKind::ShortWrite) => Err(io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error())),
+                Some(FaultKind::ShortWrite) => Err(io::Error::from_raw_os_error(
+                    rustix::io::Errno::IO.raw_os_error(),
+                )),
                 _ => Ok(()),
             },
         }

@@ -307,7 +307,10 @@ mod tests {
             }
             assert_eq!(index.len() as u64, n);
             let per_entry = index.heap_bytes() as f64 / n as f64;
-            assert!(per_entry <= 32.0, "{per_entry:.1} bytes an entry at {n} entries");
+            assert!(
+                per_entry <= 32.0,
+                "{per_entry:.1} bytes an entry at {n} entries"
+            );
         }
     }
 

@@ -55,13 +55,13 @@ mod config;
 mod format;
 mod fsio;
 mod index;
-mod segment;
-mod store;
-mod recover;
 mod log;
-mod write;
 mod read;
+mod recover;
+mod segment;
 mod storage;
+mod store;
+mod write;
 
 pub use config::{DiskConfig, Durability};
 #[cfg(feature = "fault-injection")]

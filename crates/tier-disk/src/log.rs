@@ -170,8 +170,11 @@ impl LogHandle {
             Ok(p) => p,
             Err(_) => {
                 store.disk.writer_waits.fetch_add(1, Ordering::Relaxed);
-                match tokio::time::timeout(self.timeout, self.queued.clone().acquire_many_owned(want))
-                    .await
+                match tokio::time::timeout(
+                    self.timeout,
+                    self.queued.clone().acquire_many_owned(want),
+                )
+                .await
                 {
                     Ok(Ok(p)) => p,
                     Ok(Err(_)) => return Err(stopped(store)),
@@ -323,10 +326,12 @@ impl Writer {
                 // half groups; probe for one more than last time, so the
                 // group grows to the number of writers. Never longer than
                 // half the last sync.
-                let deadline = std::time::Instant::now() + (self.last_sync / 2).min(MAX_COMMIT_DELAY);
+                let deadline =
+                    std::time::Instant::now() + (self.last_sync / 2).min(MAX_COMMIT_DELAY);
                 let target = self.last_group + 1;
                 while pending.len() < target
-                    && (self.store.open_writes.load(Ordering::Relaxed) > 0 || pending.len() < self.last_group)
+                    && (self.store.open_writes.load(Ordering::Relaxed) > 0
+                        || pending.len() < self.last_group)
                     && std::time::Instant::now() < deadline
                 {
                     let seen = self.bell.rings();
@@ -474,7 +479,12 @@ impl Writer {
             self.void_batch(&pending);
         }
         let failed = |store: &Store, e: &io::Error| {
-            store.io_error("finish", None, "syncing the segment", io::Error::new(e.kind(), e.to_string()))
+            store.io_error(
+                "finish",
+                None,
+                "syncing the segment",
+                io::Error::new(e.kind(), e.to_string()),
+            )
         };
         for p in pending {
             match (p, &synced) {
@@ -544,9 +554,11 @@ impl Writer {
                 .read(placed.offset, placed.len as usize)
                 .and_then(|mut rec| {
                     format::void(&mut rec).map_err(|e| io::Error::other(e.to_string()))?;
-                    active
-                        .seg
-                        .write_quietly(&self.store.faults, placed.offset, &rec[..format::FIXED_LEN])
+                    active.seg.write_quietly(
+                        &self.store.faults,
+                        placed.offset,
+                        &rec[..format::FIXED_LEN],
+                    )
                 });
             if let Err(e) = voided {
                 tracing::warn!(tier = %self.store.name, error = %e, "a record of a failed commit could not be made void");
@@ -576,7 +588,10 @@ impl Writer {
         };
         let seq = self.store.seq();
         format::stamp(rec, seq).map_err(|e| {
-            Error::explain(ErrorType::InternalError, format!("{}: {e}", self.store.name))
+            Error::explain(
+                ErrorType::InternalError,
+                format!("{}: {e}", self.store.name),
+            )
         })?;
         let offset = active.end;
         active
@@ -672,7 +687,15 @@ impl Writer {
             Ok(())
         };
         let sealed = records_synced
-            .and_then(|_| recover::seal(&store.faults, &active.seg, active.end, &active.lines, active.max_seq))
+            .and_then(|_| {
+                recover::seal(
+                    &store.faults,
+                    &active.seg,
+                    active.end,
+                    &active.lines,
+                    active.max_seq,
+                )
+            })
             .and_then(|_| {
                 if self.durable() {
                     active.seg.sync(&store.faults)?;
@@ -745,7 +768,9 @@ impl Writer {
                 }
             }
             let evicted = match (&listener, whole) {
-                (Some(_), true) => crate::read::evicted_entry(store, seg, line.offset as u64, line.len as u64),
+                (Some(_), true) => {
+                    crate::read::evicted_entry(store, seg, line.offset as u64, line.len as u64)
+                }
                 _ => None,
             };
             store.index.remove_if(line.hash, here, |_| {
@@ -762,12 +787,19 @@ impl Writer {
     fn finish_eviction(&mut self, evicted: Vec<Arc<Segment>>, reinserts: Vec<Reinsert>) {
         let store = self.store.clone();
         for mut r in reinserts {
-            let fits = self.active.as_ref().is_some_and(|a| a.fits(r.rec.len() as u64));
+            let fits = self
+                .active
+                .as_ref()
+                .is_some_and(|a| a.fits(r.rec.len() as u64));
             let moved = fits
                 && self
                     .append(&mut r.rec, Kind::Entry, r.hash, u64::MAX)
                     .map(|placed| {
-                        if store.index.get(r.hash).is_some_and(|s| s.same_record(r.old)) {
+                        if store
+                            .index
+                            .get(r.hash)
+                            .is_some_and(|s| s.same_record(r.old))
+                        {
                             store.index.insert(r.hash, placed.slot);
                         }
                     })

@@ -36,7 +36,12 @@ const READ_AHEAD_BLOCKS: u64 = 4;
 
 /// Read `len` bytes at `offset` of `seg`: on this thread if the page cache
 /// has them, else on the blocking pool.
-pub(crate) async fn read_bytes(store: &Store, seg: &Arc<Segment>, offset: u64, len: usize) -> Result<Vec<u8>> {
+pub(crate) async fn read_bytes(
+    store: &Store,
+    seg: &Arc<Segment>,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>> {
     if let Some(bytes) = seg.read_cached(offset, len) {
         store.disk.reads_nowait.fetch_add(1, Ordering::Relaxed);
         return Ok(bytes);
@@ -62,7 +67,12 @@ struct Tail {
 }
 
 impl Tail {
-    fn new(rec: Vec<u8>, head: &Head, block: usize, verify: bool) -> std::result::Result<Tail, String> {
+    fn new(
+        rec: Vec<u8>,
+        head: &Head,
+        block: usize,
+        verify: bool,
+    ) -> std::result::Result<Tail, String> {
         let start = head.fixed.data_start() as usize;
         let stored = stored_len(head.fixed.data_len, block) as usize;
         let raw = Bytes::from(rec);
@@ -70,10 +80,17 @@ impl Tail {
             .get(start..start + stored)
             .ok_or_else(|| "the record is cut short".to_string())?;
         let first = (head.fixed.body_len - head.fixed.data_len) / block as u64;
-        let blocks = check_blocks(data, head.fixed.data_len, block, head.fixed.entry_id, first, verify)?
-            .into_iter()
-            .map(|r| r.start + start..r.end + start)
-            .collect();
+        let blocks = check_blocks(
+            data,
+            head.fixed.data_len,
+            block,
+            head.fixed.entry_id,
+            first,
+            verify,
+        )?
+        .into_iter()
+        .map(|r| r.start + start..r.end + start)
+        .collect();
         Ok(Tail {
             start: head.fixed.body_len - head.fixed.data_len,
             raw,
@@ -148,7 +165,11 @@ impl From<FormatError> for Unusable {
 
 /// Decode a record read for a lookup, reading the rest if the first read
 /// was short.
-pub(crate) async fn read_record(store: &Store, seg: &Arc<Segment>, slot: Slot) -> Result<std::result::Result<(Vec<u8>, Head), Unusable>> {
+pub(crate) async fn read_record(
+    store: &Store,
+    seg: &Arc<Segment>,
+    slot: Slot,
+) -> Result<std::result::Result<(Vec<u8>, Head), Unusable>> {
     let first_len = slot.read_len().unwrap_or(64 << 10) as usize;
     let mut rec = read_bytes(store, seg, slot.offset(), first_len).await?;
     let fixed = match crate::format::decode_fixed(&rec) {
@@ -163,7 +184,9 @@ pub(crate) async fn read_record(store: &Store, seg: &Arc<Segment>, slot: Slot) -
         return Ok(Err(Unusable::Bad("the record is cut short".into())));
     }
     rec.truncate(len);
-    Ok(decode_head(&rec).map(|head| (rec, head)).map_err(Unusable::from))
+    Ok(decode_head(&rec)
+        .map(|head| (rec, head))
+        .map_err(Unusable::from))
 }
 
 /// Find `key` (with entry id `id`, if given): a write in progress first,
@@ -177,7 +200,10 @@ pub(crate) async fn find(
     if let Some(inflight) = store.following(hash, &key, id) {
         if let Ok(meta) = CacheMeta::deserialize(&inflight.internal, &inflight.header) {
             store.counters.record_hit();
-            return Ok(Some((meta, DiskHitHandler::following(store.clone(), hash, inflight))));
+            return Ok(Some((
+                meta,
+                DiskHitHandler::following(store.clone(), hash, inflight),
+            )));
         }
     }
     let Some(slot) = store.index.touch(hash) else {
@@ -242,7 +268,9 @@ async fn lookup_slot(
             };
             let (s, o) = loc_parts(r.body_at);
             let Some(body_seg) = store.segments.read().by_id(s).cloned() else {
-                return Ok(Err(Unusable::Bad("the segment of its body was evicted".into())));
+                return Ok(Err(Unusable::Bad(
+                    "the segment of its body was evicted".into(),
+                )));
             };
             let body_slot = Slot::new(s, o, r.body_record_len as u64);
             let (body_rec, body_head) = match read_record(store, &body_seg, body_slot).await? {
@@ -253,13 +281,27 @@ async fn lookup_slot(
                 || body_head.fixed.entry_id != head.fixed.entry_id
                 || &body_head.key != key
             {
-                return Ok(Err(Unusable::Bad("its body record is another entry's".into())));
+                return Ok(Err(Unusable::Bad(
+                    "its body record is another entry's".into(),
+                )));
             }
             (body_seg, body_rec, body_head)
         }
-        _ => return Ok(Err(Unusable::Bad("the index points at a record of another kind".into()))),
+        _ => {
+            return Ok(Err(Unusable::Bad(
+                "the index points at a record of another kind".into(),
+            )))
+        }
     };
-    match DiskHitHandler::complete(store.clone(), hash, &body_seg, rec, &body_head, Some(slot), weight) {
+    match DiskHitHandler::complete(
+        store.clone(),
+        hash,
+        &body_seg,
+        rec,
+        &body_head,
+        Some(slot),
+        weight,
+    ) {
         Ok(hit) => Ok(Ok((meta, hit))),
         Err(why) => Ok(Err(Unusable::Bad(why))),
     }
@@ -267,7 +309,13 @@ async fn lookup_slot(
 
 /// Remove an entry whose bytes failed a check (if it is still the record
 /// that failed); done when this returns.
-pub(crate) async fn discard(store: &Arc<Store>, key: &CompactCacheKey, hash: u64, slot: Slot, why: &str) {
+pub(crate) async fn discard(
+    store: &Arc<Store>,
+    key: &CompactCacheKey,
+    hash: u64,
+    slot: Slot,
+    why: &str,
+) {
     store.disk.corrupt.fetch_add(1, Ordering::Relaxed);
     store.counters.record_error();
     tracing::warn!(tier = %store.name, entry = %tier_core::key::entry_file_name(key), why, "corrupt entry removed");
@@ -276,7 +324,12 @@ pub(crate) async fn discard(store: &Arc<Store>, key: &CompactCacheKey, hash: u64
 
 /// The entry of the record at `offset` of an evicted segment, for the
 /// eviction listener. Blocking (the log writer calls it).
-pub(crate) fn evicted_entry(store: &Arc<Store>, seg: &Arc<Segment>, offset: u64, len: u64) -> Option<EvictedEntry> {
+pub(crate) fn evicted_entry(
+    store: &Arc<Store>,
+    seg: &Arc<Segment>,
+    offset: u64,
+    len: u64,
+) -> Option<EvictedEntry> {
     let rec = seg.read(offset, len as usize).ok()?;
     let head = decode_head(&rec).ok()?;
     let meta = CacheMeta::deserialize(&head.internal, &head.header).ok()?;
@@ -320,7 +373,9 @@ impl DiskHitHandler {
             return Err("its fragments and data do not add up to its body".into());
         }
         let tail = Tail::new(rec, head, block, store.verify())?;
-        let fragment_bytes = frags.first().map_or(store.layout.fragment_bytes as u64, |(f, _)| f.len as u64);
+        let fragment_bytes = frags
+            .first()
+            .map_or(store.layout.fragment_bytes as u64, |(f, _)| f.len as u64);
         Ok(DiskHitHandler {
             key: head.key.clone(),
             hash,
@@ -370,9 +425,22 @@ impl DiskHitHandler {
         let data_start = (FIXED_LEN + key_len(&self.key)) as u64;
         let at = frag.offset as u64 + data_start + first * (block + CRC_LEN as u64);
         let data_len = (frag.len as u64 - first * block).min(count * block);
-        let raw = read_bytes(&self.store, seg, at, stored_len(data_len, block as usize) as usize).await?;
+        let raw = read_bytes(
+            &self.store,
+            seg,
+            at,
+            stored_len(data_len, block as usize) as usize,
+        )
+        .await?;
         let global_first = frag_start / block + first;
-        match check_blocks(&raw, data_len, block as usize, self.id, global_first, self.store.verify()) {
+        match check_blocks(
+            &raw,
+            data_len,
+            block as usize,
+            self.id,
+            global_first,
+            self.store.verify(),
+        ) {
             Ok(blocks) => {
                 let mut data = Vec::with_capacity(data_len as usize);
                 for r in blocks {
@@ -390,7 +458,10 @@ impl DiskHitHandler {
     /// A bad checksum: never serve these bytes. A published entry is removed
     /// so the next request is a clean miss.
     async fn corrupt(&self, why: String) -> Box<Error> {
-        if let Source::Complete { slot: Some(slot), .. } = &self.source {
+        if let Source::Complete {
+            slot: Some(slot), ..
+        } = &self.source
+        {
             discard(&self.store, &self.key, self.hash, *slot, &why).await;
         }
         tier_core::error::tier_error(
@@ -414,7 +485,6 @@ impl DiskHitHandler {
         self.end = Some(end as u64);
         Ok(())
     }
-
 }
 
 /// What `read_body` does next.

@@ -93,10 +93,9 @@ fn read_summary(seg: &Segment) -> Option<Scanned> {
     }
     let lines = decode_summary(&bytes).ok()?;
     // A line that points outside the records is not trusted.
-    if lines
-        .iter()
-        .any(|l| (l.offset as u64) < SEG_HEADER_LEN || l.offset as u64 + l.len as u64 > footer.summary_offset)
-    {
+    if lines.iter().any(|l| {
+        (l.offset as u64) < SEG_HEADER_LEN || l.offset as u64 + l.len as u64 > footer.summary_offset
+    }) {
         return None;
     }
     Some(Scanned {
@@ -234,7 +233,9 @@ pub(crate) struct Report {
 
 /// Whether a directory entry is part of a version-1 cache.
 fn is_v1(l: &Listed) -> bool {
-    (l.is_dir && (l.name == "tmp" || (l.name.len() == 2 && l.name.bytes().all(|b| b.is_ascii_hexdigit()))))
+    (l.is_dir
+        && (l.name == "tmp"
+            || (l.name.len() == 2 && l.name.bytes().all(|b| b.is_ascii_hexdigit()))))
         || (l.is_file && l.name == "order.v1")
 }
 

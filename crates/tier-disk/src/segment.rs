@@ -295,7 +295,12 @@ mod tests {
     #[test]
     fn segment_names_round_trip_and_nothing_else_parses() {
         assert_eq!(parse_segment_name(&segment_name(0xabc)), Some(0xabc));
-        for bad in ["seg-abc.v2", "seg-000000000000000g.v2", "seg-0000000000000001.v1", "x"] {
+        for bad in [
+            "seg-abc.v2",
+            "seg-000000000000000g.v2",
+            "seg-0000000000000001.v1",
+            "x",
+        ] {
             assert_eq!(parse_segment_name(bad), None, "{bad}");
         }
     }
@@ -306,14 +311,17 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let dir = CacheDir::open(&root.path().join("c")).expect("opens");
         let faults = Faults::default();
-        let seg = dir.create_segment(&faults, 1, 1 << 20, 4096).expect("creates");
+        let seg = dir
+            .create_segment(&faults, 1, 1 << 20, 4096)
+            .expect("creates");
         let meta = std::fs::metadata(root.path().join("c").join(segment_name(1))).expect("exists");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(meta.len(), 1 << 20);
         assert_eq!(seg.read(0, 8).expect("reads"), b"TIERSSEG");
         let outside = root.path().join("outside");
         std::fs::write(&outside, b"keep").expect("write");
-        std::os::unix::fs::symlink(&outside, root.path().join("c").join(segment_name(2))).expect("symlink");
+        std::os::unix::fs::symlink(&outside, root.path().join("c").join(segment_name(2)))
+            .expect("symlink");
         assert!(dir.create_segment(&faults, 2, 1 << 20, 4096).is_err());
         assert!(dir.open_file(&segment_name(2)).is_err());
         assert_eq!(std::fs::read(&outside).expect("read"), b"keep");

@@ -153,7 +153,11 @@ impl DiskStorage {
     pub fn open_blocking(config: DiskConfig) -> Result<Self> {
         let (store, next_segment, report) = recover::open(config)?;
         let log = LogHandle::start(store.clone(), next_segment).map_err(|e| {
-            Error::because(ErrorType::InternalError, "cannot start the disk log writer", e)
+            Error::because(
+                ErrorType::InternalError,
+                "cannot start the disk log writer",
+                e,
+            )
         })?;
         let _ = store.log.set(log.downgrade());
         Ok(DiskStorage { store, log, report })
@@ -217,17 +221,35 @@ impl DiskStorage {
     /// lets go of its files and index. Later lookups miss and later writes
     /// fail. Writes that finished before stay on disk.
     pub async fn close(&self) -> Result<()> {
-        self.log.run(&self.store, 0, |reply| Job::Close { reply }).await
+        self.log
+            .run(&self.store, 0, |reply| Job::Close { reply })
+            .await
     }
 
-    async fn start_write(&'static self, key: &CacheKey, meta: &CacheMeta, listed: bool) -> Result<MissHandler> {
+    async fn start_write(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        listed: bool,
+    ) -> Result<MissHandler> {
         let compact = key.to_compact();
         let hash = entry_hash64(&compact);
-        let miss = DiskMissHandler::start(self.store.clone(), self.log.clone(), compact, hash, meta, listed)?;
+        let miss = DiskMissHandler::start(
+            self.store.clone(),
+            self.log.clone(),
+            compact,
+            hash,
+            meta,
+            listed,
+        )?;
         Ok(Box::new(miss))
     }
 
-    async fn lookup_hit(&'static self, key: CompactCacheKey, id: Option<u64>) -> Result<Option<(CacheMeta, HitHandler)>> {
+    async fn lookup_hit(
+        &'static self,
+        key: CompactCacheKey,
+        id: Option<u64>,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
         Ok(find(&self.store, key, id)
             .await?
             .map(|(meta, hit)| (meta, Box::new(hit) as HitHandler)))
@@ -235,7 +257,11 @@ impl DiskStorage {
 
     /// Remove the entry of `key` (if its id is `id`, when given); the id of
     /// the entry removed.
-    async fn purge_entry(&'static self, key: &CompactCacheKey, id: Option<u64>) -> Result<Option<u64>> {
+    async fn purge_entry(
+        &'static self,
+        key: &CompactCacheKey,
+        id: Option<u64>,
+    ) -> Result<Option<u64>> {
         let store = &self.store;
         let hash = entry_hash64(key);
         for _ in 0..RETRIES {
@@ -270,7 +296,13 @@ impl DiskStorage {
         Ok(None)
     }
 
-    async fn send_purge(&self, key: &CompactCacheKey, hash: u64, slot: Slot, at: u64) -> Result<Applied<Option<Slot>>> {
+    async fn send_purge(
+        &self,
+        key: &CompactCacheKey,
+        hash: u64,
+        slot: Slot,
+        at: u64,
+    ) -> Result<Applied<Option<Slot>>> {
         let rec = purge_record(&self.store, key, at);
         self.log
             .run(&self.store, rec.len(), |reply| Job::Purge {
@@ -284,7 +316,12 @@ impl DiskStorage {
 
     /// Write a meta update record for the entry of `key` (and `id`, if
     /// given): O(meta) bytes, the body stays where it is.
-    async fn rewrite_meta(&'static self, key: &CompactCacheKey, id: Option<u64>, change: MetaChange) -> Result<bool> {
+    async fn rewrite_meta(
+        &'static self,
+        key: &CompactCacheKey,
+        id: Option<u64>,
+        change: MetaChange,
+    ) -> Result<bool> {
         let store = &self.store;
         let hash = entry_hash64(key);
         for _ in 0..RETRIES {
@@ -309,7 +346,10 @@ impl DiskStorage {
                     replaces: here,
                 },
                 Kind::Meta => match crate::format::decode_meta_ref(&head.extra) {
-                    Ok(r) => MetaRef { replaces: here, ..r },
+                    Ok(r) => MetaRef {
+                        replaces: here,
+                        ..r
+                    },
                     Err(_) => return Ok(false),
                 },
                 _ => return Ok(false),

@@ -146,7 +146,10 @@ impl Store {
         e: io::Error,
     ) -> Box<Error> {
         self.counters.record_error();
-        let etype = if matches!(op, "write_body" | "finish" | "update_meta" | "purge" | "expire") {
+        let etype = if matches!(
+            op,
+            "write_body" | "finish" | "update_meta" | "purge" | "expire"
+        ) {
             ErrorType::FileWriteError
         } else {
             ErrorType::FileReadError
@@ -169,7 +172,12 @@ impl Store {
     }
 
     /// The newest listed write of `key` (with id `id`, if given).
-    pub(crate) fn following(&self, hash: u64, key: &CompactCacheKey, id: Option<u64>) -> Option<Arc<Inflight>> {
+    pub(crate) fn following(
+        &self,
+        hash: u64,
+        key: &CompactCacheKey,
+        id: Option<u64>,
+    ) -> Option<Arc<Inflight>> {
         self.writing.lock().get(&hash).and_then(|writes| {
             writes
                 .iter()

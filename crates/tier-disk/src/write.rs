@@ -20,7 +20,9 @@ use pingora_cache::{CacheEntryId, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
 use tokio::sync::watch;
 
-use crate::format::{check_spec, encode_frags, encode_record, record_len, FragRef, Kind, RecordSpec};
+use crate::format::{
+    check_spec, encode_frags, encode_record, record_len, FragRef, Kind, RecordSpec,
+};
 use crate::log::{Job, LogHandle};
 use crate::segment::Segment;
 use crate::store::Store;
@@ -185,7 +187,11 @@ impl DiskMissHandler {
         }
         let head_room = record_len(&probe) + store.layout.fragment_bytes as u64 * 2;
         if head_room > crate::segment::record_space(store.layout.segment_bytes) / 2 {
-            return Err(refused(&store, &key, "the meta is too large for this tier's segments"));
+            return Err(refused(
+                &store,
+                &key,
+                "the meta is too large for this tier's segments",
+            ));
         }
         let id = store.seq();
         let layout = store.layout;
@@ -202,7 +208,9 @@ impl DiskMissHandler {
         if listed {
             store.register_write(hash, inflight.clone());
         }
-        store.open_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        store
+            .open_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(DiskMissHandler {
             store,
             log,
@@ -272,7 +280,9 @@ impl DiskMissHandler {
     /// No longer an open write the log writer should wait for.
     fn uncount(&mut self) {
         if std::mem::take(&mut self.counted) {
-            self.store.open_writes.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.store
+                .open_writes
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -289,10 +299,7 @@ impl DiskMissHandler {
     fn closed(&self) -> Box<Error> {
         Error::explain(
             ErrorType::InternalError,
-            format!(
-                "{}: this write already failed or finished",
-                self.store.name
-            ),
+            format!("{}: this write already failed or finished", self.store.name),
         )
     }
 }

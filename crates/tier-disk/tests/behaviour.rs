@@ -122,7 +122,8 @@ async fn corruption_anywhere_is_a_miss_or_an_error_never_wrong_bytes() {
     }
     // The summary right after the record, and the footer.
     let footer = size - 64;
-    let summary_at = u64::from_le_bytes(pristine[footer + 8..footer + 16].try_into().expect("8")) as usize;
+    let summary_at =
+        u64::from_le_bytes(pristine[footer + 8..footer + 16].try_into().expect("8")) as usize;
     offsets.extend(summary_at..summary_at + 32);
     offsets.extend((footer..size).step_by(5));
     let mut wrong = 0;
@@ -145,7 +146,10 @@ async fn corruption_anywhere_is_a_miss_or_an_error_never_wrong_bytes() {
         disk.close().await.expect("close");
     }
     assert_eq!(wrong, 0, "wrong bytes served from a corrupted segment");
-    assert!(missed * 2 > checked, "only {missed} of {checked} corruptions were seen");
+    assert!(
+        missed * 2 > checked,
+        "only {missed} of {checked} corruptions were seen"
+    );
     // A segment cut short anywhere: a miss, never wrong bytes.
     for cut in [100, 64 + 56 + 10, 64 + 1000, 64 + 3 * BLOCK] {
         let dir = root.path().join(format!("cut{cut}"));
@@ -163,12 +167,19 @@ async fn corruption_anywhere_is_a_miss_or_an_error_never_wrong_bytes() {
     put(disk, "victim", &body).await;
     let seg = segment_files(&dir).pop().expect("a segment");
     let mut bytes = std::fs::read(&seg).expect("read");
-    let at = bytes.windows(64).position(|w| w == &body[2000..2064]).expect("body on disk");
+    let at = bytes
+        .windows(64)
+        .position(|w| w == &body[2000..2064])
+        .expect("body on disk");
     bytes[at] ^= 1;
     std::fs::write(&seg, &bytes).expect("corrupt");
     assert!(get(disk, "victim").await.map_or(true, |r| r.is_none()));
     assert_eq!(disk.corrupt_entries(), 1);
-    assert_eq!(get(disk, "victim").await, Ok(None), "the corrupt entry is gone");
+    assert_eq!(
+        get(disk, "victim").await,
+        Ok(None),
+        "the corrupt entry is gone"
+    );
     put(disk, "victim", &body).await;
     assert_eq!(get(disk, "victim").await, Ok(Some(body)));
     println!("RESULT corruption: {checked} single-byte corruptions ({missed} a miss or an error, the rest in the summary or footer and recovered by a scan) and 4 cuts, 0 wrong bytes served");
@@ -187,7 +198,8 @@ async fn a_summary_that_disagrees_with_its_records_is_a_miss() {
     let seg = segment_files(dir.path()).pop().expect("segment");
     let mut bytes = std::fs::read(&seg).expect("read");
     let footer = bytes.len() - 64;
-    let summary = u64::from_le_bytes(bytes[footer + 8..footer + 16].try_into().expect("8")) as usize;
+    let summary =
+        u64::from_le_bytes(bytes[footer + 8..footer + 16].try_into().expect("8")) as usize;
     let count = u32::from_le_bytes(bytes[footer + 16..footer + 20].try_into().expect("4")) as usize;
     assert_eq!(count, 2);
     // Swap the two lines' offsets and lengths.
@@ -238,17 +250,24 @@ async fn open_skips_symlinks_and_other_versions_and_clears_version_1() {
     std::fs::create_dir(&outside).expect("mkdir");
     std::fs::write(outside.join("keep"), b"keep").expect("write");
     // A symlink named like a segment, one named like a v1 fan-out directory.
-    std::os::unix::fs::symlink(outside.join("keep"), cache.join("seg-00000000000000aa.v2")).expect("symlink");
+    std::os::unix::fs::symlink(outside.join("keep"), cache.join("seg-00000000000000aa.v2"))
+        .expect("symlink");
     std::os::unix::fs::symlink(&outside, cache.join("ab")).expect("symlink");
     // A segment from a future format version.
     let mut future = std::fs::read(segment_files(&cache)[0].clone()).expect("read");
     future[8..12].copy_from_slice(&3u32.to_le_bytes());
     std::fs::write(cache.join("seg-00000000000000bb.v2"), &future).expect("write");
     // A FIFO named like a segment.
-    let _ = std::process::Command::new("mkfifo").arg(cache.join("seg-00000000000000cc.v2")).status();
+    let _ = std::process::Command::new("mkfifo")
+        .arg(cache.join("seg-00000000000000cc.v2"))
+        .status();
     // A version 1 layout: fan-out directories, temp files, the order file.
     std::fs::create_dir_all(cache.join("0f").join("3c")).expect("mkdir");
-    std::fs::write(cache.join("0f").join("3c").join("0".repeat(32)), b"v1 entry").expect("write");
+    std::fs::write(
+        cache.join("0f").join("3c").join("0".repeat(32)),
+        b"v1 entry",
+    )
+    .expect("write");
     std::fs::create_dir(cache.join("tmp")).expect("mkdir");
     std::fs::write(cache.join("tmp").join("9.tmp"), b"half").expect("write");
     std::fs::write(cache.join("order.v1"), b"order").expect("write");
@@ -259,11 +278,29 @@ async fn open_skips_symlinks_and_other_versions_and_clears_version_1() {
     assert_eq!(get(reopened, "real").await, Ok(Some(b"real body".to_vec())));
     assert_eq!(reopened.stats().entries, 1);
     assert!(reopened.cleared_v1_at_open());
-    assert!(!cache.join("0f").exists() && !cache.join("tmp").exists() && !cache.join("order.v1").exists());
-    assert!(!cache.join("seg-00000000000000bb.v2").exists(), "a future-version segment was kept");
-    assert!(cache.join("README").exists(), "open removed a file that is not its own");
-    assert_eq!(std::fs::read(outside.join("keep")).expect("read"), b"keep", "open touched a symlink's target");
-    assert!(reopened.skipped_at_open() >= 3, "skipped {}", reopened.skipped_at_open());
+    assert!(
+        !cache.join("0f").exists()
+            && !cache.join("tmp").exists()
+            && !cache.join("order.v1").exists()
+    );
+    assert!(
+        !cache.join("seg-00000000000000bb.v2").exists(),
+        "a future-version segment was kept"
+    );
+    assert!(
+        cache.join("README").exists(),
+        "open removed a file that is not its own"
+    );
+    assert_eq!(
+        std::fs::read(outside.join("keep")).expect("read"),
+        b"keep",
+        "open touched a symlink's target"
+    );
+    assert!(
+        reopened.skipped_at_open() >= 3,
+        "skipped {}",
+        reopened.skipped_at_open()
+    );
 }
 
 #[tokio::test]
@@ -290,7 +327,12 @@ async fn open_of_an_unusable_directory_names_the_path() {
 async fn the_bound_holds_on_allocated_bytes_also_after_reopening_smaller() {
     let dir = tempfile::tempdir().expect("tempdir");
     let capacity = 2 << 20;
-    let disk = open(DiskConfig::new(dir.path(), capacity).block_size(BLOCK).segment_bytes(128 << 10)).await;
+    let disk = open(
+        DiskConfig::new(dir.path(), capacity)
+            .block_size(BLOCK)
+            .segment_bytes(128 << 10),
+    )
+    .await;
     let mut written = 0;
     let mut i = 0u32;
     while written < 3 * capacity {
@@ -302,16 +344,35 @@ async fn the_bound_holds_on_allocated_bytes_also_after_reopening_smaller() {
     }
     let stats = disk.stats();
     assert!(stats.evictions > 100, "{stats:?}");
-    assert!(allocated(dir.path()) <= capacity, "{} allocated", allocated(dir.path()));
+    assert!(
+        allocated(dir.path()) <= capacity,
+        "{} allocated",
+        allocated(dir.path())
+    );
     // The newest entries are there, the oldest went.
-    assert!(get(disk, &format!("b/{}", i - 1)).await.expect("read").is_some());
+    assert!(get(disk, &format!("b/{}", i - 1))
+        .await
+        .expect("read")
+        .is_some());
     assert_eq!(get(disk, "b/0").await, Ok(None));
     disk.close().await.expect("close");
     let smaller = capacity / 2;
-    let reopened = open(DiskConfig::new(dir.path(), smaller).block_size(BLOCK).segment_bytes(128 << 10)).await;
-    assert!(allocated(dir.path()) <= smaller, "{} allocated after reopening smaller", allocated(dir.path()));
+    let reopened = open(
+        DiskConfig::new(dir.path(), smaller)
+            .block_size(BLOCK)
+            .segment_bytes(128 << 10),
+    )
+    .await;
+    assert!(
+        allocated(dir.path()) <= smaller,
+        "{} allocated after reopening smaller",
+        allocated(dir.path())
+    );
     assert!(reopened.stats().entries > 0);
-    assert!(get(reopened, &format!("b/{}", i - 1)).await.expect("read").is_some());
+    assert!(get(reopened, &format!("b/{}", i - 1))
+        .await
+        .expect("read")
+        .is_some());
     println!(
         "RESULT bound: {written} bytes written into {capacity}, {} allocated; reopened at {smaller}: {} allocated",
         capacity,
@@ -324,13 +385,21 @@ async fn the_bound_holds_on_allocated_bytes_also_after_reopening_smaller() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_hit_since_written_are_copied_forward_on_eviction() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let disk = open(DiskConfig::new(dir.path(), 1 << 20).block_size(BLOCK).segment_bytes(128 << 10)).await;
+    let disk = open(
+        DiskConfig::new(dir.path(), 1 << 20)
+            .block_size(BLOCK)
+            .segment_bytes(128 << 10),
+    )
+    .await;
     put(disk, "hot", &body_of(9, 2_000)).await;
     put(disk, "cold", &body_of(8, 2_000)).await;
     for i in 0..400u32 {
         // Keep "hot" hot.
         if i % 20 == 0 {
-            assert!(get(disk, "hot").await.expect("read").is_some(), "hot evicted at {i}");
+            assert!(
+                get(disk, "hot").await.expect("read").is_some(),
+                "hot evicted at {i}"
+            );
         }
         put(disk, &format!("fill/{i}"), &body_of(i as u8, 8_000)).await;
     }
@@ -375,7 +444,12 @@ async fn a_full_disk_fails_the_write_and_keeps_every_entry() {
     } else {
         println!("full-disk test: ran on a 1 MiB tmpfs");
     }
-    let disk = open(DiskConfig::new(&mount, 64 << 20).block_size(BLOCK).segment_bytes(128 << 10)).await;
+    let disk = open(
+        DiskConfig::new(&mount, 64 << 20)
+            .block_size(BLOCK)
+            .segment_bytes(128 << 10),
+    )
+    .await;
     put(disk, "before", &body_of(3, 100_000)).await;
     let span = Span::inactive().handle();
     let meta = tier_core::testing::meta_with_header("x", "1");

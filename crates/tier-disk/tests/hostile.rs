@@ -138,8 +138,12 @@ async fn what_could_not_be_read_back_is_refused_when_written() {
             .expect("append");
     }
     let now = std::time::SystemTime::now();
-    let many = pingora_cache::CacheMeta::new(now + std::time::Duration::from_secs(60), now, 0, 0, header);
-    let Err(err) = disk.get_miss_handler(&CacheKey::new("many", ""), &many, &span).await else {
+    let many =
+        pingora_cache::CacheMeta::new(now + std::time::Duration::from_secs(60), now, 0, 0, header);
+    let Err(err) = disk
+        .get_miss_handler(&CacheKey::new("many", ""), &many, &span)
+        .await
+    else {
         panic!("300 headers were accepted");
     };
     assert!(err.to_string().contains("256 headers"), "{err}");

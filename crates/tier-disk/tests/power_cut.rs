@@ -73,18 +73,27 @@ async fn workload(disk: &'static DiskStorage, plan: Arc<FaultPlan>) -> History {
                 let op = match rng.u32(0..10) {
                     0 | 1 => {
                         let done = disk
-                            .purge(PurgeTarget::Active(&key.to_compact()), PurgeType::Invalidation, &span)
+                            .purge(
+                                PurgeTarget::Active(&key.to_compact()),
+                                PurgeType::Invalidation,
+                                &span,
+                            )
                             .await;
                         done.ok().map(|_| Op::Purge)
                     }
                     2 => {
                         // An expiry changes the meta only; judged as no op.
-                        let _ = disk.expire(PurgeTarget::Active(&key.to_compact()), &span).await;
+                        let _ = disk
+                            .expire(PurgeTarget::Active(&key.to_compact()), &span)
+                            .await;
                         None
                     }
                     _ => {
                         let meta = tier_core::testing::meta_with_header("x-gen", &gen.to_string());
-                        let mut miss = disk.get_miss_handler(&key, &meta, &span).await.expect("miss");
+                        let mut miss = disk
+                            .get_miss_handler(&key, &meta, &span)
+                            .await
+                            .expect("miss");
                         for chunk in body(key_n, gen).chunks(3000) {
                             miss.write_body(Bytes::copy_from_slice(chunk), false)
                                 .await
@@ -147,7 +156,11 @@ fn rebuild(events: &[Event], cut: usize, rng: &mut fastrand::Rng, out: &Path) ->
                     },
                 );
             }
-            Event::Write { segment, offset, bytes } => {
+            Event::Write {
+                segment,
+                offset,
+                bytes,
+            } => {
                 if let Some(f) = files.get_mut(segment) {
                     f.unsynced.push((*offset, bytes.clone()));
                 }
@@ -234,7 +247,9 @@ async fn found(disk: &'static DiskStorage, key_n: u32) -> Result<Option<u32>, Fo
         .await
         .map_err(|e| Found::Failed(e.to_string()))?;
     if got != body(key_n, gen) {
-        return Err(Found::Wrong(format!("cut/{key_n}: the body is not generation {gen}'s")));
+        return Err(Found::Wrong(format!(
+            "cut/{key_n}: the body is not generation {gen}'s"
+        )));
     }
     Ok(Some(gen))
 }
@@ -280,7 +295,10 @@ async fn run(durability: Durability, controls: Controls, cuts: usize, label: &st
                     verdict.wrong += 1;
                     continue;
                 }
-                Err(Found::Failed(_)) => {
+                Err(Found::Failed(e)) => {
+                    if durability == Durability::Data && !controls.skip_sync {
+                        println!("{label}: cut {cut}: cut/{key_n}: {e}");
+                    }
                     verdict.failed += 1;
                     continue;
                 }

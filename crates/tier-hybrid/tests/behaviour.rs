@@ -700,5 +700,9 @@ async fn a_hybrid_keeps_serving_while_its_disk_fails() {
         "{:?}",
         hybrid.hybrid_stats()
     );
-    assert_eq!(tier_core::Tier::stats(disk).entries, 0, "a failed write was indexed");
+    assert_eq!(
+        tier_core::Tier::stats(disk).entries,
+        0,
+        "a failed write was indexed"
+    );
 }

@@ -73,7 +73,8 @@ fn disk_index(n: usize) -> String {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = tier_disk::DiskConfig::new(dir.path(), 64 << 30).durability(tier_disk::Durability::None);
+    let config =
+        tier_disk::DiskConfig::new(dir.path(), 64 << 30).durability(tier_disk::Durability::None);
     let meta = std::sync::Arc::new(tier_core::testing::meta_fresh_for(
         std::time::Duration::from_secs(86_400),
         &[("content-type", "application/octet-stream")],
