@@ -86,7 +86,7 @@ impl DiskConfig {
     }
 
     /// The size of a segment file (default 64 MiB; at most an eighth of the
-    /// capacity, at least 64 KiB, at most 512 MiB). Eviction removes the
+    /// capacity, at least 64 KiB, at most 256 MiB). Eviction removes the
     /// oldest segment whole, so this is also its step.
     pub fn segment_bytes(mut self, bytes: u64) -> Self {
         self.segment_bytes = bytes;

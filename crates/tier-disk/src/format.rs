@@ -13,17 +13,19 @@
 //! 32  28 reserved, zero
 //! 60  4  checksum: low 32 bits of XXH3-64 over bytes 0..60
 //!
-//! records, from offset 64, each starting at a multiple of 8
+//! records, from offset 64, packed back to back (no padding)
 //!
-//! summary (sealed segments): one 32 B line per record, after the last one
-//! 0   8  key hash     8  8  aux (see Kind)     16  4  record offset
-//! 20  4  record length     24  1  kind     25  7  zero
+//! summary (sealed segments): one line per record, after the last one
+//! 0   8  key hash     8  4  record offset     12  3  record length
+//! 15  1  kind, with bit 7 set when an aux follows
+//! 16  8  aux (only if bit 7: an entry with fragments, a meta update, a purge)
 //!
 //! footer (sealed segments, at S - 64)
 //! 0   8  magic "TIERSEND"
 //! 8   8  summary offset    16  4  records    20  4  summary checksum
 //! 24  8  the highest sequence number or entry id in the segment
-//! 32  28 reserved, zero    60  4  checksum over bytes 0..60
+//! 32  4  summary length in bytes
+//! 36  24 reserved, zero    60  4  checksum over bytes 0..60
 //! ```
 //!
 //! A record:
@@ -36,13 +38,13 @@
 //! 6   2  key length K
 //! 8   8  sequence number (increasing over the whole log)
 //! 16  8  entry id (the sequence number of the write that made the entry)
-//! 24  8  body length (fragment: the body offset of its first byte)
-//! 32  4  internal meta length I     36  4  response header length H
-//! 40  4  extra length X             44  4  data length D
-//! 48  4  reserved, zero
-//! 52  4  checksum: low 32 bits of XXH3-64 over bytes 0..52 and the
+//! 24  6  body length (fragment: the body offset of its first byte)
+//! 30  2  internal meta length I     32  4  response header length H
+//! 36  4  extra length X             40  4  data length D
+//! 44  4  an entry whose data is one block: that block's checksum; else 0
+//! 48  4  checksum: low 32 bits of XXH3-64 over bytes 0..48 and the
 //!        key, meta and extra bytes
-//! 56  K  key: primary hash (16), variance flag (1) [+ variance hash (16)],
+//! 52  K  key: primary hash (16), variance flag (1) [+ variance hash (16)],
 //!        user tag (rest)
 //! ..  I  pingora's serialized internal meta
 //! ..  H  pingora's serialized response header
@@ -52,7 +54,8 @@
 //!        record it removes (8, 0 for whatever is there)
 //! ..  D  data: body bytes in blocks of up to B bytes, each followed by the
 //!        low 32 bits of XXH3-64 of the block, seeded with the entry id and
-//!        the block's index in the whole body
+//!        the block's index in the whole body (an entry whose data is one
+//!        block keeps that checksum at byte 44 instead)
 //! ```
 //!
 //! Locations are `segment id << 32 | offset`. The header checksum covers the
@@ -69,21 +72,25 @@ pub(crate) const REC_MAGIC: [u8; 4] = *b"TSR2";
 pub(crate) const VERSION: u32 = 2;
 pub(crate) const SEG_HEADER_LEN: u64 = 64;
 pub(crate) const FOOTER_LEN: u64 = 64;
-pub(crate) const FIXED_LEN: usize = 56;
+pub(crate) const FIXED_LEN: usize = 52;
 pub(crate) const CRC_LEN: usize = 4;
-pub(crate) const SUMMARY_LINE: usize = 32;
+/// A summary line's length, and the aux some lines add.
+pub(crate) const SUMMARY_LINE: usize = 16;
+pub(crate) const SUMMARY_AUX: usize = 8;
 pub(crate) const FRAG_REF_LEN: usize = 16;
-pub(crate) const ALIGN: u64 = 8;
+pub(crate) const ALIGN: u64 = 1;
 
 /// Limits a decoder enforces before trusting any length it reads; the
 /// writer refuses, with a clear error, anything it could not read back.
 pub(crate) const MAX_KEY_LEN: usize = 33 + 4096;
-pub(crate) const MAX_INTERNAL_LEN: usize = 64 << 10;
+pub(crate) const MAX_INTERNAL_LEN: usize = u16::MAX as usize;
 pub(crate) const MAX_HEADER_LEN: usize = 1 << 20;
 pub(crate) const MAX_EXTRA_LEN: usize = 4 << 20;
 pub(crate) const MIN_BLOCK: usize = 4 << 10;
 pub(crate) const MAX_BLOCK: usize = 16 << 20;
 pub(crate) const MAX_BODY_LEN: u64 = 1 << 42;
+/// The longest record (its length fits a summary line's 24 bits).
+pub(crate) const MAX_RECORD_LEN: u64 = (1 << 24) - 1;
 
 /// What a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,32 +233,82 @@ pub(crate) struct SummaryLine {
     pub(crate) kind: Kind,
 }
 
-pub(crate) fn encode_summary(lines: &[SummaryLine], out: &mut Vec<u8>) {
-    for l in lines {
-        out.extend_from_slice(&l.hash.to_le_bytes());
-        out.extend_from_slice(&l.aux.to_le_bytes());
-        out.extend_from_slice(&l.offset.to_le_bytes());
-        out.extend_from_slice(&l.len.to_le_bytes());
-        out.push(l.kind as u8);
-        out.extend_from_slice(&[0u8; 7]);
+impl SummaryLine {
+    /// The aux this line implies without storing it, if it does.
+    fn implied_aux(&self) -> Option<u64> {
+        match self.kind {
+            Kind::Entry if self.aux == u64::MAX => Some(u64::MAX),
+            Kind::Fragment | Kind::Void => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Bytes this line takes in a summary.
+    pub(crate) fn encoded_len(&self) -> usize {
+        SUMMARY_LINE
+            + if self.implied_aux().is_some() {
+                0
+            } else {
+                SUMMARY_AUX
+            }
     }
 }
 
-pub(crate) fn decode_summary(b: &[u8]) -> Result<Vec<SummaryLine>, FormatError> {
-    if b.len() % SUMMARY_LINE != 0 {
+pub(crate) fn encode_summary(lines: &[SummaryLine], out: &mut Vec<u8>) {
+    for l in lines {
+        out.extend_from_slice(&l.hash.to_le_bytes());
+        out.extend_from_slice(&l.offset.to_le_bytes());
+        let with_aux = l.implied_aux().is_none();
+        let len_kind =
+            (l.len & 0x00ff_ffff) | (l.kind as u32 | if with_aux { 0x80 } else { 0 }) << 24;
+        out.extend_from_slice(&len_kind.to_le_bytes());
+        if with_aux {
+            out.extend_from_slice(&l.aux.to_le_bytes());
+        }
+    }
+}
+
+/// Decode `count` lines from `b`, which must hold exactly them.
+pub(crate) fn decode_summary(b: &[u8], count: usize) -> Result<Vec<SummaryLine>, FormatError> {
+    let mut lines = Vec::with_capacity(count.min(b.len() / SUMMARY_LINE));
+    let mut at = 0;
+    for _ in 0..count {
+        let c = b
+            .get(at..at + SUMMARY_LINE)
+            .ok_or(FormatError::Corrupt("summary cut short"))?;
+        let len_kind = u32_at(c, 12);
+        let kind = Kind::from_u8((len_kind >> 24) as u8 & 0x7f)
+            .ok_or(FormatError::Corrupt("summary kind"))?;
+        let mut line = SummaryLine {
+            hash: u64_at(c, 0),
+            aux: 0,
+            offset: u32_at(c, 8),
+            len: len_kind & 0x00ff_ffff,
+            kind,
+        };
+        at += SUMMARY_LINE;
+        if len_kind >> 31 == 1 {
+            let aux = b
+                .get(at..at + SUMMARY_AUX)
+                .ok_or(FormatError::Corrupt("summary cut short"))?;
+            line.aux = u64_at(aux, 0);
+            at += SUMMARY_AUX;
+            if line.implied_aux().is_some() && kind != Kind::Entry {
+                return Err(FormatError::Corrupt("summary aux where none belongs"));
+            }
+        } else {
+            line.aux = match kind {
+                Kind::Entry => u64::MAX,
+                Kind::Fragment | Kind::Void => 0,
+                _ => return Err(FormatError::Corrupt("summary line without its aux")),
+            };
+        }
+        lines.push(line);
+    }
+    if at != b.len() {
         return Err(FormatError::Corrupt("summary length"));
     }
-    b.chunks_exact(SUMMARY_LINE)
-        .map(|c| {
-            Ok(SummaryLine {
-                hash: u64_at(c, 0),
-                aux: u64_at(c, 8),
-                offset: u32_at(c, 16),
-                len: u32_at(c, 20),
-                kind: Kind::from_u8(c[24]).ok_or(FormatError::Corrupt("summary kind"))?,
-            })
-        })
-        .collect()
+    Ok(lines)
 }
 
 /// A decoded footer: where the summary is and how to check it.
@@ -261,6 +318,7 @@ pub(crate) struct Footer {
     pub(crate) records: u32,
     pub(crate) summary_crc: u32,
     pub(crate) max_seq: u64,
+    pub(crate) summary_len: u32,
 }
 
 pub(crate) fn summary_crc(summary: &[u8]) -> u32 {
@@ -274,6 +332,7 @@ pub(crate) fn encode_footer(footer: Footer) -> [u8; 64] {
     b[16..20].copy_from_slice(&footer.records.to_le_bytes());
     b[20..24].copy_from_slice(&footer.summary_crc.to_le_bytes());
     b[24..32].copy_from_slice(&footer.max_seq.to_le_bytes());
+    b[32..36].copy_from_slice(&footer.summary_len.to_le_bytes());
     let crc = crc32(&[&b[0..60]]);
     b[60..64].copy_from_slice(&crc.to_le_bytes());
     b
@@ -289,10 +348,11 @@ pub(crate) fn decode_footer(b: &[u8], segment_size: u64) -> Option<Footer> {
         records: u32_at(b, 16),
         summary_crc: u32_at(b, 20),
         max_seq: u64_at(b, 24),
+        summary_len: u32_at(b, 32),
     };
     let end = footer
         .summary_offset
-        .checked_add(footer.records as u64 * SUMMARY_LINE as u64)?;
+        .checked_add(footer.summary_len as u64)?;
     (footer.summary_offset >= SEG_HEADER_LEN && end <= segment_size - FOOTER_LEN).then_some(footer)
 }
 
@@ -310,6 +370,8 @@ pub(crate) struct Fixed {
     pub(crate) header_len: usize,
     pub(crate) extra_len: usize,
     pub(crate) data_len: u64,
+    /// The one block's checksum, for an entry whose data is one block.
+    pub(crate) inline_crc: Option<u32>,
     crc: u32,
 }
 
@@ -326,8 +388,18 @@ impl Fixed {
 
     /// The record's length on disk, padding included.
     pub(crate) fn record_len(&self, block_size: usize) -> u64 {
-        aligned(self.data_start() + stored_len(self.data_len, block_size))
+        let data = if inline(self.kind, self.data_len, block_size) {
+            self.data_len
+        } else {
+            stored_len(self.data_len, block_size)
+        };
+        aligned(self.data_start() + data)
     }
+}
+
+/// Whether a record keeps its one block's checksum in its header.
+fn inline(kind: Kind, data_len: u64, block_size: usize) -> bool {
+    kind == Kind::Entry && data_len > 0 && data_len <= block_size as u64
 }
 
 /// `n` rounded up to the record alignment.
@@ -351,19 +423,29 @@ pub(crate) fn decode_fixed(b: &[u8]) -> Result<Fixed, FormatError> {
         )));
     }
     let kind = Kind::from_u8(b[4]).ok_or(FormatError::Corrupt("unknown record kind"))?;
+    let mut body = [0u8; 8];
+    body[..6].copy_from_slice(&b[24..30]);
+    let crc_field = u32_at(b, 44);
     let fixed = Fixed {
         kind,
         key_len: u16::from_le_bytes([b[6], b[7]]) as usize,
         seq: u64_at(b, 8),
         entry_id: u64_at(b, 16),
-        body_len: u64_at(b, 24),
-        internal_len: u32_at(b, 32) as usize,
-        header_len: u32_at(b, 36) as usize,
-        extra_len: u32_at(b, 40) as usize,
-        data_len: u32_at(b, 44) as u64,
-        crc: u32_at(b, 52),
+        body_len: u64::from_le_bytes(body),
+        internal_len: u16::from_le_bytes([b[30], b[31]]) as usize,
+        header_len: u32_at(b, 32) as usize,
+        extra_len: u32_at(b, 36) as usize,
+        data_len: u32_at(b, 40) as u64,
+        inline_crc: None,
+        crc: u32_at(b, 48),
     };
-    if b[5] != 0 || u32_at(b, 48) != 0 {
+    // Which layout the data has follows from the kind and lengths (and the
+    // block size, checked by the reader); the stored field is zero otherwise.
+    let fixed = Fixed {
+        inline_crc: (kind == Kind::Entry && fixed.data_len > 0).then_some(crc_field),
+        ..fixed
+    };
+    if b[5] != 0 {
         return Err(FormatError::Corrupt("reserved bytes set"));
     }
     if fixed.key_len < 17 || fixed.key_len > MAX_KEY_LEN {
@@ -398,7 +480,7 @@ pub(crate) fn decode_head(b: &[u8]) -> Result<Head, FormatError> {
     let var = b
         .get(FIXED_LEN..FIXED_LEN + fixed.var_len())
         .ok_or(FormatError::Corrupt("record shorter than its lengths say"))?;
-    if crc32(&[&b[0..52], var]) != fixed.crc {
+    if crc32(&[&b[0..48], var]) != fixed.crc {
         return Err(FormatError::Corrupt("record header checksum mismatch"));
     }
     let (key_bytes, rest) = var.split_at(fixed.key_len);
@@ -471,10 +553,16 @@ pub(crate) struct RecordSpec<'a> {
 
 /// The length `spec` will have on disk.
 pub(crate) fn record_len(spec: &RecordSpec<'_>) -> u64 {
+    let data = spec.data.len() as u64;
+    let stored = if inline(spec.kind, data, spec.block_size) {
+        data
+    } else {
+        stored_len(data, spec.block_size)
+    };
     aligned(
         (FIXED_LEN + key_len(spec.key) + spec.internal.len() + spec.header.len() + spec.extra.len())
             as u64
-            + stored_len(spec.data.len() as u64, spec.block_size),
+            + stored,
     )
 }
 
@@ -492,34 +580,46 @@ pub(crate) fn check_spec(spec: &RecordSpec<'_>) -> Result<(), &'static str> {
     if spec.data.len() > u32::MAX as usize || spec.body_len > MAX_BODY_LEN {
         return Err("the body is longer than a record holds");
     }
+    if record_len(spec) > MAX_RECORD_LEN {
+        return Err("the meta and fragment list are larger than a record holds");
+    }
     Ok(())
 }
 
 /// Encode a record (padding included) onto `out`.
 pub(crate) fn encode_record(spec: &RecordSpec<'_>, out: &mut Vec<u8>) {
     let start = out.len();
+    let one_block = inline(spec.kind, spec.data.len() as u64, spec.block_size);
     let mut fixed = [0u8; FIXED_LEN];
     fixed[0..4].copy_from_slice(&REC_MAGIC);
     fixed[4] = spec.kind as u8;
     fixed[6..8].copy_from_slice(&(key_len(spec.key) as u16).to_le_bytes());
     fixed[8..16].copy_from_slice(&spec.seq.to_le_bytes());
     fixed[16..24].copy_from_slice(&spec.entry_id.to_le_bytes());
-    fixed[24..32].copy_from_slice(&spec.body_len.to_le_bytes());
-    fixed[32..36].copy_from_slice(&(spec.internal.len() as u32).to_le_bytes());
-    fixed[36..40].copy_from_slice(&(spec.header.len() as u32).to_le_bytes());
-    fixed[40..44].copy_from_slice(&(spec.extra.len() as u32).to_le_bytes());
-    fixed[44..48].copy_from_slice(&(spec.data.len() as u32).to_le_bytes());
+    fixed[24..30].copy_from_slice(&spec.body_len.to_le_bytes()[..6]);
+    fixed[30..32].copy_from_slice(&(spec.internal.len() as u16).to_le_bytes());
+    fixed[32..36].copy_from_slice(&(spec.header.len() as u32).to_le_bytes());
+    fixed[36..40].copy_from_slice(&(spec.extra.len() as u32).to_le_bytes());
+    fixed[40..44].copy_from_slice(&(spec.data.len() as u32).to_le_bytes());
+    if one_block {
+        let c = block_crc(spec.entry_id, spec.first_block, spec.data);
+        fixed[44..48].copy_from_slice(&c.to_le_bytes());
+    }
     out.extend_from_slice(&fixed);
     encode_key(spec.key, out);
     out.extend_from_slice(spec.internal);
     out.extend_from_slice(spec.header);
     out.extend_from_slice(spec.extra);
-    let crc = crc32(&[&out[start..start + 52], &out[start + FIXED_LEN..]]);
-    out[start + 52..start + 56].copy_from_slice(&crc.to_le_bytes());
-    for (i, block) in spec.data.chunks(spec.block_size).enumerate() {
-        out.extend_from_slice(block);
-        let c = block_crc(spec.entry_id, spec.first_block + i as u64, block);
-        out.extend_from_slice(&c.to_le_bytes());
+    let crc = crc32(&[&out[start..start + 48], &out[start + FIXED_LEN..]]);
+    out[start + 48..start + 52].copy_from_slice(&crc.to_le_bytes());
+    if one_block {
+        out.extend_from_slice(spec.data);
+    } else {
+        for (i, block) in spec.data.chunks(spec.block_size).enumerate() {
+            out.extend_from_slice(block);
+            let c = block_crc(spec.entry_id, spec.first_block + i as u64, block);
+            out.extend_from_slice(&c.to_le_bytes());
+        }
     }
     let padded = start as u64 + aligned((out.len() - start) as u64);
     out.resize(padded as usize, 0);
@@ -532,8 +632,8 @@ pub(crate) fn stamp(rec: &mut [u8], seq: u64) -> Result<(), FormatError> {
     let fixed = decode_fixed(rec)?;
     rec[8..16].copy_from_slice(&seq.to_le_bytes());
     let var_end = FIXED_LEN + fixed.var_len();
-    let crc = crc32(&[&rec[0..52], &rec[FIXED_LEN..var_end]]);
-    rec[52..56].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32(&[&rec[0..48], &rec[FIXED_LEN..var_end]]);
+    rec[48..52].copy_from_slice(&crc.to_le_bytes());
     Ok(())
 }
 
@@ -542,8 +642,8 @@ pub(crate) fn void(rec: &mut [u8]) -> Result<(), FormatError> {
     let fixed = decode_fixed(rec)?;
     rec[4] = Kind::Void as u8;
     let var_end = FIXED_LEN + fixed.var_len();
-    let crc = crc32(&[&rec[0..52], &rec[FIXED_LEN..var_end]]);
-    rec[52..56].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32(&[&rec[0..48], &rec[FIXED_LEN..var_end]]);
+    rec[48..52].copy_from_slice(&crc.to_le_bytes());
     Ok(())
 }
 
@@ -565,6 +665,59 @@ pub(crate) fn check_blocks(
     first_block: u64,
     verify: bool,
 ) -> Result<Vec<std::ops::Range<usize>>, String> {
+    check_data(
+        raw,
+        data_len,
+        block_size,
+        entry_id,
+        first_block,
+        verify,
+        None,
+    )
+}
+
+/// As [`check_blocks`], for the data of a record whose head is `fixed`:
+/// an entry of one block keeps that block's checksum in its header.
+pub(crate) fn check_record_data(
+    raw: &[u8],
+    fixed: &Fixed,
+    block_size: usize,
+    first_block: u64,
+    verify: bool,
+) -> Result<Vec<std::ops::Range<usize>>, String> {
+    let inline_crc = fixed
+        .inline_crc
+        .filter(|_| inline(fixed.kind, fixed.data_len, block_size));
+    check_data(
+        raw,
+        fixed.data_len,
+        block_size,
+        fixed.entry_id,
+        first_block,
+        verify,
+        inline_crc,
+    )
+}
+
+fn check_data(
+    raw: &[u8],
+    data_len: u64,
+    block_size: usize,
+    entry_id: u64,
+    first_block: u64,
+    verify: bool,
+    inline_crc: Option<u32>,
+) -> Result<Vec<std::ops::Range<usize>>, String> {
+    if let Some(stored) = inline_crc {
+        let len = data_len as usize;
+        let Some(block) = raw.get(..len) else {
+            return Err(format!("body block {first_block} is cut short"));
+        };
+        if verify && stored != block_crc(entry_id, first_block, block) {
+            return Err(format!("body block {first_block} failed its checksum"));
+        }
+        return Ok(std::iter::once(0..len).collect());
+    }
     let mut ranges = Vec::with_capacity(data_len.div_ceil(block_size as u64) as usize);
     let mut at = 0usize;
     let mut left = data_len as usize;
@@ -709,22 +862,16 @@ mod tests {
         let bytes = sample(&data);
         let head = decode_head(&bytes).expect("decodes");
         // Everything but the alignment padding is covered by a checksum.
-        let covered = (head.fixed.data_start() + stored_len(100, MIN_BLOCK)) as usize;
+        assert_eq!(head.fixed.record_len(MIN_BLOCK), bytes.len() as u64);
+        let covered = bytes.len();
         for bit in 0..covered * 8 {
             let mut flipped = bytes.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
             let ok = decode_head(&flipped).and_then(|head| {
                 let start = head.fixed.data_start() as usize;
-                check_blocks(
-                    &flipped[start..],
-                    head.fixed.data_len,
-                    MIN_BLOCK,
-                    head.fixed.entry_id,
-                    0,
-                    true,
-                )
-                .map_err(|_| FormatError::Corrupt("block"))
-                .map(|_| ())
+                check_record_data(&flipped[start..], &head.fixed, MIN_BLOCK, 0, true)
+                    .map_err(|_| FormatError::Corrupt("block"))
+                    .map(|_| ())
             });
             assert!(ok.is_err(), "flip of bit {bit} went unnoticed");
         }
@@ -753,21 +900,36 @@ mod tests {
 
     #[test]
     fn footers_and_summaries_round_trip_and_reject_damage() {
-        let lines = vec![SummaryLine {
+        let line = |kind, aux| SummaryLine {
             hash: 5,
-            aux: 6,
+            aux,
             offset: 64,
             len: 128,
-            kind: Kind::Meta,
-        }];
+            kind,
+        };
+        let lines = vec![
+            line(Kind::Meta, 6),
+            line(Kind::Entry, u64::MAX),
+            line(Kind::Entry, 3),
+            line(Kind::Fragment, 0),
+            line(Kind::Purge, 0),
+        ];
         let mut summary = Vec::new();
         encode_summary(&lines, &mut summary);
-        assert_eq!(decode_summary(&summary).expect("decodes"), lines);
+        // Lines with nothing to add take 16 bytes, the others 24.
+        assert_eq!(summary.len(), 16 * 2 + 24 * 3);
+        assert_eq!(
+            decode_summary(&summary, lines.len()).expect("decodes"),
+            lines
+        );
+        assert!(decode_summary(&summary, lines.len() + 1).is_err());
+        assert!(decode_summary(&summary[..summary.len() - 1], lines.len()).is_err());
         let footer = Footer {
             summary_offset: 192,
-            records: 1,
+            records: 5,
             summary_crc: summary_crc(&summary),
             max_seq: 9,
+            summary_len: summary.len() as u32,
         };
         let mut bytes = encode_footer(footer);
         assert_eq!(decode_footer(&bytes, 1 << 20), Some(footer));
@@ -793,7 +955,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_head(&bytes);
-            let _ = decode_summary(&bytes);
+            let _ = decode_summary(&bytes, bytes.len() / 16);
             let _ = decode_footer(&bytes, 1 << 20);
             let _ = decode_segment_header(&bytes);
             let _ = decode_frags(&bytes);

@@ -8,17 +8,17 @@
 //! back, so there are no tombstones. The full key is not kept: a hit checks
 //! it against the record it reads.
 //!
-//! A word packs where the record is: the low 24 bits of its segment id (the
-//! live segments always span fewer than 2^24 ids), its offset in 8-byte
-//! units (26 bits: segments up to 512 MiB), its length in 64-byte units
-//! rounded up (13 bits, 0 when over 512 KiB: read the head first), and one
-//! bit saying it was hit since it was written (for reinsertion on eviction).
+//! A word packs where the record is: the low 22 bits of its segment id (the
+//! live segments always span fewer than 2^22 ids), its byte offset (28 bits:
+//! segments up to 256 MiB), its length in 64-byte units rounded up (13 bits,
+//! 0 when over 512 KiB: read the head first), and one bit saying it was hit
+//! since it was written (for reinsertion on eviction).
 
 use parking_lot::Mutex;
 
 const SHARDS: usize = 64;
-const SEG_BITS: u32 = 24;
-const OFF_BITS: u32 = 26;
+const SEG_BITS: u32 = 22;
+const OFF_BITS: u32 = 28;
 const LEN_BITS: u32 = 13;
 pub(crate) const SEG_MASK: u64 = (1 << SEG_BITS) - 1;
 const OFF_MASK: u64 = (1 << OFF_BITS) - 1;
@@ -27,7 +27,7 @@ const HIT_BIT: u64 = 1 << 63;
 /// The bits that say where a record is (segment and offset).
 const LOC_MASK: u64 = (1 << (SEG_BITS + OFF_BITS)) - 1;
 /// The largest segment a word can address.
-pub(crate) const MAX_SEGMENT_BYTES: u64 = (OFF_MASK + 1) * 8;
+pub(crate) const MAX_SEGMENT_BYTES: u64 = OFF_MASK + 1;
 /// The longest record whose length a word holds.
 pub(crate) const MAX_HINTED_LEN: u64 = LEN_MASK * 64;
 
@@ -38,13 +38,13 @@ pub(crate) struct Slot(u64);
 impl Slot {
     /// The slot of the record at `offset` of segment `segment`, `len` long.
     pub(crate) fn new(segment: u64, offset: u64, len: u64) -> Slot {
-        debug_assert!(offset % 8 == 0 && offset / 8 <= OFF_MASK);
+        debug_assert!(offset <= OFF_MASK);
         let units = if len <= MAX_HINTED_LEN {
             len.div_ceil(64)
         } else {
             0
         };
-        Slot((segment & SEG_MASK) | (offset / 8) << SEG_BITS | units << (SEG_BITS + OFF_BITS))
+        Slot((segment & SEG_MASK) | offset << SEG_BITS | units << (SEG_BITS + OFF_BITS))
     }
 
     /// The low bits of the segment id.
@@ -53,7 +53,7 @@ impl Slot {
     }
 
     pub(crate) fn offset(self) -> u64 {
-        (self.0 >> SEG_BITS & OFF_MASK) * 8
+        self.0 >> SEG_BITS & OFF_MASK
     }
 
     /// How many bytes to read to get the whole record (it may be shorter,
@@ -288,9 +288,9 @@ mod tests {
 
     #[test]
     fn a_slot_keeps_where_the_record_is() {
-        let s = Slot::new(0x1234_5678, 8 * 1000, 4500);
+        let s = Slot::new(0x1234_5678, 8 * 1000 + 3, 4500);
         assert_eq!(s.segment_low(), 0x1234_5678 & SEG_MASK);
-        assert_eq!(s.offset(), 8000);
+        assert_eq!(s.offset(), 8003);
         assert_eq!(s.read_len(), Some(4544));
         assert!(!s.was_hit());
         assert_eq!(Slot::new(1, 64, MAX_HINTED_LEN + 1).read_len(), None);

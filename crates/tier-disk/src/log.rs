@@ -21,7 +21,7 @@ use pingora_error::{Error, ErrorType, Result};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Durability;
-use crate::format::{self, Kind, SummaryLine, FOOTER_LEN, SUMMARY_LINE};
+use crate::format::{self, Kind, SummaryLine, FOOTER_LEN, SUMMARY_AUX, SUMMARY_LINE};
 use crate::index::Slot;
 use crate::recover;
 use crate::segment::Segment;
@@ -258,12 +258,16 @@ struct Active {
     seg: Arc<Segment>,
     end: u64,
     lines: Vec<SummaryLine>,
+    /// Bytes the summary of `lines` takes.
+    summary_bytes: u64,
     max_seq: u64,
 }
 
 impl Active {
     fn fits(&self, len: u64) -> bool {
-        self.end + len + (self.lines.len() as u64 + 1) * SUMMARY_LINE as u64
+        // Room for the record and its summary line, with an aux (the longest
+        // a line can be).
+        self.end + len + self.summary_bytes + (SUMMARY_LINE + SUMMARY_AUX) as u64
             <= self.seg.size - FOOTER_LEN
     }
 }
@@ -564,6 +568,7 @@ impl Writer {
                 tracing::warn!(tier = %self.store.name, error = %e, "a record of a failed commit could not be made void");
             }
             active.lines.retain(|l| l.offset as u64 != placed.offset);
+            active.summary_bytes = active.lines.iter().map(|l| l.encoded_len() as u64).sum();
         }
     }
 
@@ -600,13 +605,15 @@ impl Writer {
             .map_err(|e| self.store.io_error("finish", None, "appending a record", e))?;
         active.end += len;
         active.max_seq = active.max_seq.max(seq);
-        active.lines.push(SummaryLine {
+        let line = SummaryLine {
             hash,
             aux,
             offset: offset as u32,
             len: len as u32,
             kind,
-        });
+        };
+        active.summary_bytes += line.encoded_len() as u64;
+        active.lines.push(line);
         Ok(Placed {
             segment: active.seg.id,
             offset,
@@ -662,6 +669,7 @@ impl Writer {
             seg: created,
             end: format::SEG_HEADER_LEN,
             lines: Vec::new(),
+            summary_bytes: 0,
             max_seq: 0,
         });
         self.finish_eviction(evicted, reinserts);

@@ -23,8 +23,8 @@ use tier_core::EvictedEntry;
 use tokio::sync::watch;
 
 use crate::format::{
-    check_blocks, decode_frags, decode_head, decode_meta_ref, key_len, loc_parts, stored_len,
-    FormatError, FragRef, Head, Kind, CRC_LEN, FIXED_LEN,
+    check_blocks, check_record_data, decode_frags, decode_head, decode_meta_ref, key_len,
+    loc_parts, stored_len, FormatError, FragRef, Head, Kind, CRC_LEN, FIXED_LEN,
 };
 use crate::index::Slot;
 use crate::segment::Segment;
@@ -57,11 +57,15 @@ pub(crate) async fn read_bytes(
         .await
 }
 
-/// The checked data blocks of an entry record held in memory.
+/// Checked blocks held in memory, checksums in place: an entry record's own
+/// data, or a run of blocks read from a fragment. Each block is handed out
+/// as a slice.
 #[derive(Debug, Clone)]
 struct Tail {
     /// Body offset of the first byte.
     start: u64,
+    /// Body bytes held.
+    len: u64,
     raw: Bytes,
     blocks: Vec<Range<usize>>,
 }
@@ -74,28 +78,27 @@ impl Tail {
         verify: bool,
     ) -> std::result::Result<Tail, String> {
         let start = head.fixed.data_start() as usize;
-        let stored = stored_len(head.fixed.data_len, block) as usize;
+        let end = head.fixed.record_len(block) as usize;
         let raw = Bytes::from(rec);
         let data = raw
-            .get(start..start + stored)
+            .get(start..end)
             .ok_or_else(|| "the record is cut short".to_string())?;
         let first = (head.fixed.body_len - head.fixed.data_len) / block as u64;
-        let blocks = check_blocks(
-            data,
-            head.fixed.data_len,
-            block,
-            head.fixed.entry_id,
-            first,
-            verify,
-        )?
-        .into_iter()
-        .map(|r| r.start + start..r.end + start)
-        .collect();
+        let blocks = check_record_data(data, &head.fixed, block, first, verify)?
+            .into_iter()
+            .map(|r| r.start + start..r.end + start)
+            .collect();
         Ok(Tail {
             start: head.fixed.body_len - head.fixed.data_len,
+            len: head.fixed.data_len,
             raw,
             blocks,
         })
+    }
+
+    /// Whether body offset `pos` is in these blocks.
+    fn covers(&self, pos: u64) -> bool {
+        pos >= self.start && pos < self.start + self.len
     }
 
     /// Bytes from `pos` (in this tail) to the end of its block or `end`.
@@ -106,13 +109,6 @@ impl Tail {
         let to = r.end.min(from + (end - pos) as usize);
         self.raw.slice(from..to)
     }
-}
-
-/// Checked bytes read from a fragment.
-#[derive(Debug, Clone)]
-struct Run {
-    start: u64,
-    data: Bytes,
 }
 
 /// Where a hit's body comes from.
@@ -145,7 +141,7 @@ pub struct DiskHitHandler {
     source: Source,
     pos: u64,
     end: Option<u64>,
-    run: Option<Run>,
+    run: Option<Tail>,
     weight: usize,
 }
 
@@ -417,7 +413,7 @@ impl DiskHitHandler {
 
     /// Read and check the blocks of fragment `index` from the one holding
     /// `self.pos`, a few at most.
-    async fn read_fragment(&self, index: usize, frag: FragRef, seg: &Arc<Segment>) -> Result<Run> {
+    async fn read_fragment(&self, index: usize, frag: FragRef, seg: &Arc<Segment>) -> Result<Tail> {
         let block = self.block;
         let frag_start = index as u64 * self.fragment_bytes;
         let first = (self.pos - frag_start) / block;
@@ -433,6 +429,8 @@ impl DiskHitHandler {
         )
         .await?;
         let global_first = frag_start / block + first;
+        // Each block is handed out as a slice of this buffer, checksums
+        // left in place: no copy.
         match check_blocks(
             &raw,
             data_len,
@@ -441,16 +439,12 @@ impl DiskHitHandler {
             global_first,
             self.store.verify(),
         ) {
-            Ok(blocks) => {
-                let mut data = Vec::with_capacity(data_len as usize);
-                for r in blocks {
-                    data.extend_from_slice(&raw[r]);
-                }
-                Ok(Run {
-                    start: frag_start + first * block,
-                    data: Bytes::from(data),
-                })
-            }
+            Ok(blocks) => Ok(Tail {
+                start: frag_start + first * block,
+                len: data_len,
+                raw: Bytes::from(raw),
+                blocks,
+            }),
             Err(why) => Err(self.corrupt(why).await),
         }
     }
@@ -499,14 +493,9 @@ enum Next {
 }
 
 /// The checked bytes of `run` from `pos` (up to `end`), if it holds `pos`.
-fn take_run(run: &Option<Run>, pos: u64, end: u64) -> Option<Bytes> {
-    let run = run.as_ref()?;
-    if pos < run.start || pos >= run.start + run.data.len() as u64 {
-        return None;
-    }
-    let from = (pos - run.start) as usize;
-    let to = ((end - run.start) as usize).min(run.data.len());
-    Some(run.data.slice(from..to))
+fn take_run(run: &Option<Tail>, pos: u64, end: u64, block: u64) -> Option<Bytes> {
+    let run = run.as_ref().filter(|run| run.covers(pos))?;
+    Some(run.slice(pos, end, block))
 }
 
 #[async_trait]
@@ -525,7 +514,7 @@ impl HandleHit for DiskHitHandler {
                         Next::End
                     } else if self.pos >= tail.start {
                         Next::Bytes(tail.slice(self.pos, end, self.block))
-                    } else if let Some(bytes) = take_run(&self.run, self.pos, end) {
+                    } else if let Some(bytes) = take_run(&self.run, self.pos, end, self.block) {
                         Next::Bytes(bytes)
                     } else {
                         let index = (self.pos / self.fragment_bytes) as usize;
@@ -548,14 +537,18 @@ impl HandleHit for DiskHitHandler {
                                 Next::Wait
                             }
                         }
-                        Next::Upto(end, _) => match take_run(&self.run, self.pos, end) {
-                            Some(bytes) => Next::Bytes(bytes),
-                            None => match inflight.at(self.pos, end) {
-                                At::Buffered(bytes) => Next::Bytes(bytes),
-                                At::Fragment(index, frag, seg) => Next::Fragment(index, frag, seg),
-                                At::NotYet => Next::Wait,
-                            },
-                        },
+                        Next::Upto(end, _) => {
+                            match take_run(&self.run, self.pos, end, self.block) {
+                                Some(bytes) => Next::Bytes(bytes),
+                                None => match inflight.at(self.pos, end) {
+                                    At::Buffered(bytes) => Next::Bytes(bytes),
+                                    At::Fragment(index, frag, seg) => {
+                                        Next::Fragment(index, frag, seg)
+                                    }
+                                    At::NotYet => Next::Wait,
+                                },
+                            }
+                        }
                         other => other,
                     }
                 }

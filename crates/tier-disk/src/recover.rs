@@ -38,16 +38,17 @@ pub(crate) fn seal(
     lines: &[SummaryLine],
     max_seq: u64,
 ) -> io::Result<()> {
-    if end + (lines.len() * format::SUMMARY_LINE) as u64 > seg.size - FOOTER_LEN {
-        return Err(io::Error::other("no room for the summary"));
-    }
     let mut summary = Vec::with_capacity(lines.len() * format::SUMMARY_LINE);
     encode_summary(lines, &mut summary);
+    if end + summary.len() as u64 > seg.size - FOOTER_LEN {
+        return Err(io::Error::other("no room for the summary"));
+    }
     let footer = encode_footer(Footer {
         summary_offset: end,
         records: lines.len() as u32,
         summary_crc: summary_crc(&summary),
         max_seq,
+        summary_len: summary.len() as u32,
     });
     seg.write_at(faults, end, &summary)?;
     seg.write_at(faults, seg.size - FOOTER_LEN, &footer)
@@ -83,15 +84,12 @@ fn read_summary(seg: &Segment) -> Option<Scanned> {
     let footer_bytes = seg.read(seg.size - FOOTER_LEN, FOOTER_LEN as usize).ok()?;
     let footer = decode_footer(&footer_bytes, seg.size)?;
     let bytes = seg
-        .read(
-            footer.summary_offset,
-            footer.records as usize * format::SUMMARY_LINE,
-        )
+        .read(footer.summary_offset, footer.summary_len as usize)
         .ok()?;
     if summary_crc(&bytes) != footer.summary_crc {
         return None;
     }
-    let lines = decode_summary(&bytes).ok()?;
+    let lines = decode_summary(&bytes, footer.records as usize).ok()?;
     // A line that points outside the records is not trusted.
     if lines.iter().any(|l| {
         (l.offset as u64) < SEG_HEADER_LEN || l.offset as u64 + l.len as u64 > footer.summary_offset
@@ -173,15 +171,9 @@ fn check_record(rec: &[u8], block_size: usize, verify: bool) -> Option<(SummaryL
             frags.iter().map(|f| f.1).sum::<u64>() / block_size as u64
         }
     };
-    format::check_blocks(
-        data,
-        head.fixed.data_len,
-        block_size,
-        head.fixed.entry_id,
-        first_block,
-        verify,
-    )
-    .ok()?;
+    let data =
+        data.get(..(head.fixed.record_len(block_size) - head.fixed.data_start()) as usize)?;
+    format::check_record_data(data, &head.fixed, block_size, first_block, verify).ok()?;
     let aux = match head.fixed.kind {
         Kind::Entry => decode_frags_of(&head)?
             .iter()

@@ -202,13 +202,14 @@ async fn a_summary_that_disagrees_with_its_records_is_a_miss() {
         u64::from_le_bytes(bytes[footer + 8..footer + 16].try_into().expect("8")) as usize;
     let count = u32::from_le_bytes(bytes[footer + 16..footer + 20].try_into().expect("4")) as usize;
     assert_eq!(count, 2);
-    // Swap the two lines' offsets and lengths.
-    let (a, b) = (summary + 16, summary + 32 + 16);
+    // Swap the two lines' offsets and lengths (16-byte lines: hash, offset,
+    // length and kind).
+    let (a, b) = (summary + 8, summary + 16 + 8);
     let first: [u8; 8] = bytes[a..a + 8].try_into().expect("8");
     let second: [u8; 8] = bytes[b..b + 8].try_into().expect("8");
     bytes[a..a + 8].copy_from_slice(&second);
     bytes[b..b + 8].copy_from_slice(&first);
-    let crc = xxhash_rust::xxh3::xxh3_64(&bytes[summary..summary + 64]) as u32;
+    let crc = xxhash_rust::xxh3::xxh3_64(&bytes[summary..summary + 32]) as u32;
     bytes[footer + 20..footer + 24].copy_from_slice(&crc.to_le_bytes());
     let fcrc = xxhash_rust::xxh3::xxh3_64(&bytes[footer..footer + 60]) as u32;
     bytes[footer + 60..footer + 64].copy_from_slice(&fcrc.to_le_bytes());
