@@ -78,7 +78,6 @@ pub(crate) const CRC_LEN: usize = 4;
 pub(crate) const SUMMARY_LINE: usize = 16;
 pub(crate) const SUMMARY_AUX: usize = 8;
 pub(crate) const FRAG_REF_LEN: usize = 16;
-pub(crate) const ALIGN: u64 = 1;
 
 /// Limits a decoder enforces before trusting any length it reads; the
 /// writer refuses, with a clear error, anything it could not read back.
@@ -386,25 +385,20 @@ impl Fixed {
         (FIXED_LEN + self.var_len()) as u64
     }
 
-    /// The record's length on disk, padding included.
+    /// The record's length on disk (records are packed, no padding).
     pub(crate) fn record_len(&self, block_size: usize) -> u64 {
         let data = if inline(self.kind, self.data_len, block_size) {
             self.data_len
         } else {
             stored_len(self.data_len, block_size)
         };
-        aligned(self.data_start() + data)
+        self.data_start() + data
     }
 }
 
 /// Whether a record keeps its one block's checksum in its header.
 fn inline(kind: Kind, data_len: u64, block_size: usize) -> bool {
     kind == Kind::Entry && data_len > 0 && data_len <= block_size as u64
-}
-
-/// `n` rounded up to the record alignment.
-pub(crate) fn aligned(n: u64) -> u64 {
-    n.div_ceil(ALIGN) * ALIGN
 }
 
 /// Data bytes plus their block checksums.
@@ -559,11 +553,9 @@ pub(crate) fn record_len(spec: &RecordSpec<'_>) -> u64 {
     } else {
         stored_len(data, spec.block_size)
     };
-    aligned(
-        (FIXED_LEN + key_len(spec.key) + spec.internal.len() + spec.header.len() + spec.extra.len())
-            as u64
-            + stored,
-    )
+    (FIXED_LEN + key_len(spec.key) + spec.internal.len() + spec.header.len() + spec.extra.len())
+        as u64
+        + stored
 }
 
 /// Why a record cannot be written: it could never be read back.
@@ -586,7 +578,7 @@ pub(crate) fn check_spec(spec: &RecordSpec<'_>) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Encode a record (padding included) onto `out`.
+/// Encode a record onto `out`.
 pub(crate) fn encode_record(spec: &RecordSpec<'_>, out: &mut Vec<u8>) {
     let start = out.len();
     let one_block = inline(spec.kind, spec.data.len() as u64, spec.block_size);
@@ -621,8 +613,6 @@ pub(crate) fn encode_record(spec: &RecordSpec<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(&c.to_le_bytes());
         }
     }
-    let padded = start as u64 + aligned((out.len() - start) as u64);
-    out.resize(padded as usize, 0);
 }
 
 /// Give the encoded record at the start of `rec` its sequence number (the
@@ -846,7 +836,6 @@ mod tests {
         assert_eq!(head.internal, b"internal");
         assert_eq!(head.header, b"header");
         assert_eq!(head.fixed.record_len(MIN_BLOCK), bytes.len() as u64);
-        assert_eq!(bytes.len() as u64 % ALIGN, 0);
         let start = head.fixed.data_start() as usize;
         let ranges = check_blocks(&bytes[start..], 10_000, MIN_BLOCK, 42, 0, true).expect("checks");
         let body: Vec<u8> = ranges
