@@ -458,13 +458,30 @@ pub(crate) fn decode_fixed(b: &[u8]) -> Result<Fixed, FormatError> {
 }
 
 /// A record's key, meta and extra, checked against the header checksum.
+/// The meta and extra bytes stay in one buffer (one allocation a lookup).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Head {
     pub(crate) fixed: Fixed,
     pub(crate) key: CompactCacheKey,
-    pub(crate) internal: Vec<u8>,
-    pub(crate) header: Vec<u8>,
-    pub(crate) extra: Vec<u8>,
+    rest: Vec<u8>,
+}
+
+impl Head {
+    /// pingora's serialized internal meta.
+    pub(crate) fn internal(&self) -> &[u8] {
+        &self.rest[..self.fixed.internal_len]
+    }
+
+    /// pingora's serialized response header.
+    pub(crate) fn header(&self) -> &[u8] {
+        let at = self.fixed.internal_len;
+        &self.rest[at..at + self.fixed.header_len]
+    }
+
+    /// The kind's extra bytes.
+    pub(crate) fn extra(&self) -> &[u8] {
+        &self.rest[self.fixed.internal_len + self.fixed.header_len..]
+    }
 }
 
 /// Decode the head of the record at the start of `b` (which holds at least
@@ -478,14 +495,10 @@ pub(crate) fn decode_head(b: &[u8]) -> Result<Head, FormatError> {
         return Err(FormatError::Corrupt("record header checksum mismatch"));
     }
     let (key_bytes, rest) = var.split_at(fixed.key_len);
-    let (internal, rest) = rest.split_at(fixed.internal_len);
-    let (header, extra) = rest.split_at(fixed.header_len);
     Ok(Head {
         fixed,
         key: decode_key(key_bytes)?,
-        internal: internal.to_vec(),
-        header: header.to_vec(),
-        extra: extra.to_vec(),
+        rest: rest.to_vec(),
     })
 }
 
@@ -833,8 +846,8 @@ mod tests {
         assert_eq!(head.fixed.entry_id, 42);
         assert_eq!(head.fixed.seq, 7);
         assert_eq!(head.fixed.body_len, 10_000);
-        assert_eq!(head.internal, b"internal");
-        assert_eq!(head.header, b"header");
+        assert_eq!(head.internal(), b"internal");
+        assert_eq!(head.header(), b"header");
         assert_eq!(head.fixed.record_len(MIN_BLOCK), bytes.len() as u64);
         let start = head.fixed.data_start() as usize;
         let ranges = check_blocks(&bytes[start..], 10_000, MIN_BLOCK, 42, 0, true).expect("checks");

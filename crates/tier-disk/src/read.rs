@@ -250,7 +250,7 @@ async fn lookup_slot(
     if id.is_some_and(|id| id != head.fixed.entry_id) {
         return Ok(Err(Unusable::Other));
     }
-    let meta = match CacheMeta::deserialize(&head.internal, &head.header) {
+    let meta = match CacheMeta::deserialize(head.internal(), head.header()) {
         Ok(m) => m,
         Err(_) => return Ok(Err(Unusable::Bad("its meta does not decode".into()))),
     };
@@ -258,7 +258,7 @@ async fn lookup_slot(
     let (body_seg, rec, body_head) = match head.fixed.kind {
         Kind::Entry => (seg, rec, head),
         Kind::Meta => {
-            let r = match decode_meta_ref(&head.extra) {
+            let r = match decode_meta_ref(head.extra()) {
                 Ok(r) => r,
                 Err(e) => return Ok(Err(e.into())),
             };
@@ -328,7 +328,7 @@ pub(crate) fn evicted_entry(
 ) -> Option<EvictedEntry> {
     let rec = seg.read(offset, len as usize).ok()?;
     let head = decode_head(&rec).ok()?;
-    let meta = CacheMeta::deserialize(&head.internal, &head.header).ok()?;
+    let meta = CacheMeta::deserialize(head.internal(), head.header()).ok()?;
     let hash = tier_core::key::entry_hash64(&head.key);
     let key = head.key.clone();
     let id = head.fixed.entry_id;
@@ -353,7 +353,7 @@ impl DiskHitHandler {
         weight: usize,
     ) -> std::result::Result<Self, String> {
         let block = seg.block_size;
-        let refs = decode_frags(&head.extra).map_err(|e| e.to_string())?;
+        let refs = decode_frags(head.extra()).map_err(|e| e.to_string())?;
         let mut frags = Vec::with_capacity(refs.len());
         {
             let segments = store.segments.read();

@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType, Result};
 use tier_core::StatsCounters;
 
@@ -180,8 +180,8 @@ fn check_record(rec: &[u8], block_size: usize, verify: bool) -> Option<(SummaryL
             .map(|f| f.0)
             .min()
             .unwrap_or(u64::MAX),
-        Kind::Meta => decode_meta_ref(&head.extra).ok()?.replaces,
-        Kind::Purge if head.extra.len() == 8 => u64_at(&head.extra, 0),
+        Kind::Meta => decode_meta_ref(head.extra()).ok()?.replaces,
+        Kind::Purge if head.extra().len() == 8 => u64_at(head.extra(), 0),
         Kind::Purge | Kind::Void => return None,
         Kind::Fragment => 0,
     };
@@ -203,7 +203,7 @@ fn decode_frags_of(head: &format::Head) -> Option<Vec<(u64, u64)>> {
         return Some(Vec::new());
     }
     Some(
-        decode_frags(&head.extra)
+        decode_frags(head.extra())
             .ok()?
             .iter()
             .map(|f| (f.segment, f.len as u64))
@@ -347,7 +347,7 @@ pub(crate) fn open(config: DiskConfig) -> Result<(Arc<Store>, u64, Report)> {
         dir,
         index,
         segments: RwLock::new(table),
-        writing: Mutex::new(Default::default()),
+        writing: Default::default(),
         next_seq: AtomicU64::new(max_seq + 1),
         io: Blocking::new(config.io_concurrency),
         faults,

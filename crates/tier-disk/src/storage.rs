@@ -345,7 +345,7 @@ impl DiskStorage {
                     body_record_len: rec.len() as u32,
                     replaces: here,
                 },
-                Kind::Meta => match crate::format::decode_meta_ref(&head.extra) {
+                Kind::Meta => match crate::format::decode_meta_ref(head.extra()) {
                     Ok(r) => MetaRef {
                         replaces: here,
                         ..r
@@ -357,7 +357,7 @@ impl DiskStorage {
             let (internal, header) = match &change {
                 MetaChange::Replace(internal, header) => (internal.clone(), header.clone()),
                 MetaChange::Expire => {
-                    let mut meta = CacheMeta::deserialize(&head.internal, &head.header)?;
+                    let mut meta = CacheMeta::deserialize(head.internal(), head.header())?;
                     meta.expire_at(SystemTime::now());
                     meta.serialize()?
                 }

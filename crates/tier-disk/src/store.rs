@@ -73,6 +73,33 @@ impl Segments {
     }
 }
 
+/// Listed writes in progress, by key hash, in shards: a lookup checks its
+/// key's shard only, and skips even that while no write is listed there.
+#[derive(Debug)]
+pub(crate) struct Writing {
+    shards: Box<[WritingShard]>,
+}
+
+#[derive(Debug, Default)]
+struct WritingShard {
+    listed: std::sync::atomic::AtomicUsize,
+    map: Mutex<HashMap<u64, Vec<Arc<Inflight>>>>,
+}
+
+impl Default for Writing {
+    fn default() -> Self {
+        Writing {
+            shards: (0..16).map(|_| WritingShard::default()).collect(),
+        }
+    }
+}
+
+impl Writing {
+    fn shard(&self, hash: u64) -> &WritingShard {
+        &self.shards[(hash >> 60) as usize]
+    }
+}
+
 /// Counters of the disk tier beyond the common ones.
 #[derive(Debug, Default)]
 pub(crate) struct DiskCounters {
@@ -93,7 +120,7 @@ pub(crate) struct Store {
     pub(crate) dir: CacheDir,
     pub(crate) index: Index,
     pub(crate) segments: RwLock<Segments>,
-    pub(crate) writing: Mutex<HashMap<u64, Vec<Arc<Inflight>>>>,
+    pub(crate) writing: Writing,
     pub(crate) next_seq: AtomicU64,
     pub(crate) io: Blocking,
     pub(crate) faults: Faults,
@@ -158,13 +185,21 @@ impl Store {
     }
 
     pub(crate) fn register_write(&self, hash: u64, inflight: Arc<Inflight>) {
-        self.writing.lock().entry(hash).or_default().push(inflight);
+        let shard = self.writing.shard(hash);
+        let mut map = shard.map.lock();
+        map.entry(hash).or_default().push(inflight);
+        shard.listed.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn unregister_write(&self, hash: u64, inflight: &Arc<Inflight>) {
-        let mut writing = self.writing.lock();
+        let shard = self.writing.shard(hash);
+        let mut writing = shard.map.lock();
         if let Some(writes) = writing.get_mut(&hash) {
+            let before = writes.len();
             writes.retain(|w| !Arc::ptr_eq(w, inflight));
+            shard
+                .listed
+                .fetch_sub(before - writes.len(), Ordering::Release);
             if writes.is_empty() {
                 writing.remove(&hash);
             }
@@ -178,7 +213,13 @@ impl Store {
         key: &CompactCacheKey,
         id: Option<u64>,
     ) -> Option<Arc<Inflight>> {
-        self.writing.lock().get(&hash).and_then(|writes| {
+        let shard = self.writing.shard(hash);
+        // A write is listed before its miss handler is returned, so a lookup
+        // that follows it sees the count.
+        if shard.listed.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        shard.map.lock().get(&hash).and_then(|writes| {
             writes
                 .iter()
                 .rev()
