@@ -10,6 +10,24 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// A body that names its key and generation (both in its first 8 bytes and
+/// in the pattern of the rest), so a mixed or stale body is detectable: at
+/// least `base` bytes, up to `spread` more depending on both.
+pub fn generation_body(key: u32, gen: u32, base: usize, spread: u32) -> Vec<u8> {
+    let len = base
+        + ((key
+            .wrapping_mul(7919)
+            .wrapping_add(gen.wrapping_mul(104_729)))
+            % spread) as usize;
+    let mut out = Vec::with_capacity(len.max(8));
+    out.extend_from_slice(&key.to_le_bytes());
+    out.extend_from_slice(&gen.to_le_bytes());
+    while out.len() < len {
+        out.push((out.len() as u32 ^ key ^ gen.rotate_left(8)) as u8);
+    }
+    out
+}
+
 /// Run `child_test` of this test binary with `env`, wait until it reported
 /// `after_lines` finished writes (or ended), wait `then` more, kill it with
 /// SIGKILL, and return the `(key, generation)` pairs it reported.

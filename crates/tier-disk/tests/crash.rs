@@ -27,14 +27,7 @@ fn config(dir: &std::path::Path) -> DiskConfig {
 /// Entry `key`'s body for generation `gen`: its bytes name both, so a mixed
 /// or stale body is detectable.
 fn body(key: u32, gen: u32) -> Vec<u8> {
-    let len = 1000 + ((key * 7919 + gen * 104_729) % 40_000) as usize;
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&key.to_le_bytes());
-    out.extend_from_slice(&gen.to_le_bytes());
-    while out.len() < len {
-        out.push((out.len() as u32 ^ key ^ gen.rotate_left(8)) as u8);
-    }
-    out
+    tier_conformance::crash::generation_body(key, gen, 1000, 40_000)
 }
 
 /// The child: write generations of each key forever, printing each one whose

@@ -36,14 +36,7 @@ fn config(dir: &Path, durability: Durability) -> DiskConfig {
 }
 
 fn body(key: u32, gen: u32) -> Vec<u8> {
-    let len = 8 + ((key * 7919 + gen * 104_729) % 20_000) as usize;
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&key.to_le_bytes());
-    out.extend_from_slice(&gen.to_le_bytes());
-    while out.len() < len {
-        out.push((out.len() as u32 ^ key ^ gen.rotate_left(8)) as u8);
-    }
-    out
+    tier_conformance::crash::generation_body(key, gen, 8, 20_000)
 }
 
 /// One acknowledged operation of a key.
