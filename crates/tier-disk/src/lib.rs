@@ -50,11 +50,13 @@
 //! - `fault-injection` (test-only): `DiskConfig::fault_plan` fails the N-th
 //!   file operation and switches off safety mechanisms for negative controls.
 
-// The layers, each using only those above it in this list.
+// The layers, each using only those before it: format, fsio, index; config;
+// segment; inflight; store; recover; log; write; read; storage.
 mod config;
 mod format;
 mod fsio;
 mod index;
+mod inflight;
 mod log;
 mod read;
 mod recover;

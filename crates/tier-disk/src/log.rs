@@ -21,11 +21,15 @@ use pingora_error::{Error, ErrorType, Result};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Durability;
-use crate::format::{self, Kind, SummaryLine, FOOTER_LEN, SUMMARY_AUX, SUMMARY_LINE};
+use crate::format::{
+    self, encode_record, loc, Kind, RecordSpec, SummaryLine, FOOTER_LEN, SUMMARY_AUX, SUMMARY_LINE,
+};
 use crate::index::Slot;
 use crate::recover;
 use crate::segment::Segment;
 use crate::store::Store;
+use pingora_cache::key::CompactCacheKey;
+use tier_core::EvictedEntry;
 
 /// Where an appended record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,28 +137,35 @@ impl std::fmt::Debug for Queued {
 impl LogHandle {
     /// Start the writer thread over `store`, creating segments from
     /// `next_segment` on.
-    pub(crate) fn start(store: Arc<Store>, next_segment: u64) -> io::Result<LogHandle> {
+    pub(crate) fn start(
+        store: Arc<Store>,
+        next_segment: u64,
+        evicted: EvictedFn,
+    ) -> io::Result<LogHandle> {
         let (tx, rx) = mpsc::unbounded_channel();
         let timeout = store.config.write_timeout;
         let bell = Arc::new(Doorbell::default());
+        let handle = LogHandle {
+            tx,
+            queued: Arc::new(Semaphore::new(QUEUE_BYTES as usize)),
+            timeout,
+            bell: bell.clone(),
+        };
         let writer = Writer {
             store,
             active: None,
             next_segment,
             closed: false,
-            bell: bell.clone(),
+            bell,
             last_sync: Duration::ZERO,
             last_group: 0,
+            evicted,
+            log: handle.downgrade(),
         };
         std::thread::Builder::new()
             .name("tier-disk-log".into())
             .spawn(move || writer.run(rx))?;
-        Ok(LogHandle {
-            tx,
-            queued: Arc::new(Semaphore::new(QUEUE_BYTES as usize)),
-            timeout,
-            bell,
-        })
+        Ok(handle)
     }
 
     /// Queue a job of `bytes` record bytes and wait for its answer. Waits
@@ -206,9 +217,9 @@ impl LogHandle {
     }
 }
 
-/// A handle that does not keep the writer running: the store keeps one, so
-/// the writer stops (and seals its segment) once the tier and its writes
-/// are gone.
+/// A handle that does not keep the writer running (hit handlers and the
+/// writer itself keep one): the writer stops, and seals its segment, once
+/// the tier and its writes are gone.
 #[derive(Debug, Clone)]
 pub(crate) struct WeakLog {
     tx: mpsc::WeakUnboundedSender<Queued>,
@@ -251,6 +262,51 @@ pub(crate) fn stopped(store: &Store) -> Box<Error> {
         ErrorType::InternalError,
         format!("{}: the log writer has stopped", store.name),
     )
+}
+
+/// Remove the entry of `key` if the index still points at `slot`.
+pub(crate) async fn purge_slot(
+    log: &LogHandle,
+    store: &Arc<Store>,
+    key: &CompactCacheKey,
+    hash: u64,
+    slot: Slot,
+) -> Result<Applied<Option<Slot>>> {
+    let Some(seg) = store.segment(slot) else {
+        // Its segment is gone: nothing on disk to purge, the index only.
+        store.index.remove_if(hash, slot, |_| {});
+        return Ok(Applied::Done(Some(slot)));
+    };
+    let at = loc(seg.id, slot.offset());
+    let rec = purge_record(store, key, at);
+    log.run(store, rec.len(), |reply| Job::Purge {
+        hash,
+        rec,
+        expect: Some((slot, at)),
+        reply,
+    })
+    .await
+}
+
+pub(crate) fn purge_record(store: &Store, key: &CompactCacheKey, target: u64) -> Vec<u8> {
+    let mut rec = Vec::with_capacity(128);
+    encode_record(
+        &RecordSpec {
+            kind: Kind::Purge,
+            seq: 0,
+            entry_id: 0,
+            body_len: 0,
+            key,
+            internal: &[],
+            header: &[],
+            extra: &target.to_le_bytes(),
+            data: &[],
+            first_block: 0,
+            block_size: store.layout.block_size,
+        },
+        &mut rec,
+    );
+    rec
 }
 
 /// The segment being appended to.
@@ -304,7 +360,16 @@ struct Writer {
     last_sync: Duration,
     /// How many answers the last group commit held.
     last_group: usize,
+    /// Builds what the eviction listener gets (the read side's hit handler).
+    evicted: EvictedFn,
+    log: WeakLog,
 }
+
+/// Builds the eviction listener's entry from the record at `offset` (`len`
+/// bytes) of an evicted segment; the read side provides it, so the writer
+/// does not depend on the readers.
+pub(crate) type EvictedFn =
+    fn(&Arc<Store>, &WeakLog, &Arc<Segment>, u64, u64) -> Option<EvictedEntry>;
 
 /// The longest a group commit waits for writes still on their way.
 const MAX_COMMIT_DELAY: Duration = Duration::from_micros(500);
@@ -777,7 +842,7 @@ impl Writer {
             }
             let evicted = match (&listener, whole) {
                 (Some(_), true) => {
-                    crate::read::evicted_entry(store, seg, line.offset as u64, line.len as u64)
+                    (self.evicted)(store, &self.log, seg, line.offset as u64, line.len as u64)
                 }
                 _ => None,
             };

@@ -27,9 +27,10 @@ use crate::format::{
     loc_parts, stored_len, FormatError, FragRef, Head, Kind, CRC_LEN, FIXED_LEN,
 };
 use crate::index::Slot;
+use crate::inflight::{At, Inflight, Progress};
+use crate::log::WeakLog;
 use crate::segment::Segment;
 use crate::store::Store;
-use crate::write::{At, Inflight, Progress};
 
 /// Blocks of a fragment read at once, at most, per reader.
 const READ_AHEAD_BLOCKS: u64 = 4;
@@ -133,6 +134,8 @@ enum Source {
 #[derive(Debug)]
 pub struct DiskHitHandler {
     store: Arc<Store>,
+    /// To remove the entry if its bytes fail a check.
+    log: WeakLog,
     key: CompactCacheKey,
     hash: u64,
     id: u64,
@@ -189,6 +192,7 @@ pub(crate) async fn read_record(
 /// then the index.
 pub(crate) async fn find(
     store: &Arc<Store>,
+    log: &WeakLog,
     key: CompactCacheKey,
     id: Option<u64>,
 ) -> Result<Option<(CacheMeta, DiskHitHandler)>> {
@@ -198,7 +202,7 @@ pub(crate) async fn find(
             store.counters.record_hit();
             return Ok(Some((
                 meta,
-                DiskHitHandler::following(store.clone(), hash, inflight),
+                DiskHitHandler::following(store.clone(), log, hash, inflight),
             )));
         }
     }
@@ -206,7 +210,7 @@ pub(crate) async fn find(
         store.counters.record_miss();
         return Ok(None);
     };
-    let found = lookup_slot(store, &key, hash, id, slot).await;
+    let found = lookup_slot(store, log, &key, hash, id, slot).await;
     match found {
         Ok(Ok(hit)) => {
             store.counters.record_hit();
@@ -217,7 +221,7 @@ pub(crate) async fn find(
             Ok(None)
         }
         Ok(Err(Unusable::Bad(why))) => {
-            discard(store, &key, hash, slot, &why).await;
+            discard(store, log, &key, hash, slot, &why).await;
             store.counters.record_miss();
             Ok(None)
         }
@@ -232,6 +236,7 @@ pub(crate) async fn find(
 
 async fn lookup_slot(
     store: &Arc<Store>,
+    log: &WeakLog,
     key: &CompactCacheKey,
     hash: u64,
     id: Option<u64>,
@@ -291,6 +296,7 @@ async fn lookup_slot(
     };
     match DiskHitHandler::complete(
         store.clone(),
+        log,
         hash,
         &body_seg,
         rec,
@@ -307,6 +313,7 @@ async fn lookup_slot(
 /// that failed); done when this returns.
 pub(crate) async fn discard(
     store: &Arc<Store>,
+    log: &WeakLog,
     key: &CompactCacheKey,
     hash: u64,
     slot: Slot,
@@ -315,13 +322,17 @@ pub(crate) async fn discard(
     store.disk.corrupt.fetch_add(1, Ordering::Relaxed);
     store.counters.record_error();
     tracing::warn!(tier = %store.name, entry = %tier_core::key::entry_file_name(key), why, "corrupt entry removed");
-    let _ = crate::storage::purge_slot(store, key, hash, slot).await;
+    // If the tier is closing, the next open finds the record bad again.
+    if let Some(log) = log.upgrade() {
+        let _ = crate::log::purge_slot(&log, store, key, hash, slot).await;
+    }
 }
 
 /// The entry of the record at `offset` of an evicted segment, for the
 /// eviction listener. Blocking (the log writer calls it).
 pub(crate) fn evicted_entry(
     store: &Arc<Store>,
+    log: &WeakLog,
     seg: &Arc<Segment>,
     offset: u64,
     len: u64,
@@ -333,7 +344,8 @@ pub(crate) fn evicted_entry(
     let key = head.key.clone();
     let id = head.fixed.entry_id;
     let weight = rec.len();
-    let hit = DiskHitHandler::complete(store.clone(), hash, seg, rec, &head, None, weight).ok()?;
+    let hit =
+        DiskHitHandler::complete(store.clone(), log, hash, seg, rec, &head, None, weight).ok()?;
     Some(EvictedEntry {
         key,
         entry_id: Some(CacheEntryId::new(id)),
@@ -343,8 +355,10 @@ pub(crate) fn evicted_entry(
 }
 
 impl DiskHitHandler {
+    #[allow(clippy::too_many_arguments)]
     fn complete(
         store: Arc<Store>,
+        log: &WeakLog,
         hash: u64,
         seg: &Arc<Segment>,
         rec: Vec<u8>,
@@ -388,11 +402,12 @@ impl DiskHitHandler {
             end: None,
             run: None,
             weight: weight + frag_total as usize,
+            log: log.clone(),
             store,
         })
     }
 
-    fn following(store: Arc<Store>, hash: u64, inflight: Arc<Inflight>) -> Self {
+    fn following(store: Arc<Store>, log: &WeakLog, hash: u64, inflight: Arc<Inflight>) -> Self {
         DiskHitHandler {
             key: inflight.key.clone(),
             hash,
@@ -407,6 +422,7 @@ impl DiskHitHandler {
             end: None,
             run: None,
             weight: 0,
+            log: log.clone(),
             store,
         }
     }
@@ -456,7 +472,7 @@ impl DiskHitHandler {
             slot: Some(slot), ..
         } = &self.source
         {
-            discard(&self.store, &self.key, self.hash, *slot, &why).await;
+            discard(&self.store, &self.log, &self.key, self.hash, *slot, &why).await;
         }
         tier_core::error::tier_error(
             tier_core::error::CORRUPT_ENTRY,

@@ -357,7 +357,6 @@ pub(crate) fn open(config: DiskConfig) -> Result<(Arc<Store>, u64, Report)> {
             ..DiskCounters::default()
         },
         listener: RwLock::new(None),
-        log: std::sync::OnceLock::new(),
         open_writes: std::sync::atomic::AtomicUsize::new(0),
         config,
     };

@@ -36,6 +36,8 @@ use crate::write::DiskMissHandler;
 pub struct DiskStorage {
     store: Arc<Store>,
     log: LogHandle,
+    /// What hit handlers keep of the log (to remove an entry found corrupt).
+    weak: crate::log::WeakLog,
     report: Report,
 }
 
@@ -69,51 +71,6 @@ pub struct DiskStats {
     pub reads_pool: u64,
     /// Entries found corrupt (at open or on read) and removed.
     pub corrupt: u64,
-}
-
-/// Remove the entry of `key` if the index still points at `slot`.
-pub(crate) async fn purge_slot(
-    store: &Arc<Store>,
-    key: &CompactCacheKey,
-    hash: u64,
-    slot: Slot,
-) -> Result<Applied<Option<Slot>>> {
-    let Some(seg) = store.segment(slot) else {
-        // Its segment is gone: nothing on disk to purge, the index only.
-        store.index.remove_if(hash, slot, |_| {});
-        return Ok(Applied::Done(Some(slot)));
-    };
-    let at = loc(seg.id, slot.offset());
-    let rec = purge_record(store, key, at);
-    let log = store.log()?;
-    log.run(store, rec.len(), |reply| Job::Purge {
-        hash,
-        rec,
-        expect: Some((slot, at)),
-        reply,
-    })
-    .await
-}
-
-fn purge_record(store: &Store, key: &CompactCacheKey, target: u64) -> Vec<u8> {
-    let mut rec = Vec::with_capacity(128);
-    encode_record(
-        &RecordSpec {
-            kind: Kind::Purge,
-            seq: 0,
-            entry_id: 0,
-            body_len: 0,
-            key,
-            internal: &[],
-            header: &[],
-            extra: &target.to_le_bytes(),
-            data: &[],
-            first_block: 0,
-            block_size: store.layout.block_size,
-        },
-        &mut rec,
-    );
-    rec
 }
 
 /// What `rewrite_meta` writes.
@@ -152,15 +109,21 @@ impl DiskStorage {
     /// async worker thread.
     pub fn open_blocking(config: DiskConfig) -> Result<Self> {
         let (store, next_segment, report) = recover::open(config)?;
-        let log = LogHandle::start(store.clone(), next_segment).map_err(|e| {
-            Error::because(
-                ErrorType::InternalError,
-                "cannot start the disk log writer",
-                e,
-            )
-        })?;
-        let _ = store.log.set(log.downgrade());
-        Ok(DiskStorage { store, log, report })
+        let log = LogHandle::start(store.clone(), next_segment, crate::read::evicted_entry)
+            .map_err(|e| {
+                Error::because(
+                    ErrorType::InternalError,
+                    "cannot start the disk log writer",
+                    e,
+                )
+            })?;
+        let weak = log.downgrade();
+        Ok(DiskStorage {
+            store,
+            log,
+            weak,
+            report,
+        })
     }
 
     /// Leak the storage for the `&'static` pingora needs.
@@ -250,7 +213,7 @@ impl DiskStorage {
         key: CompactCacheKey,
         id: Option<u64>,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        Ok(find(&self.store, key, id)
+        Ok(find(&self.store, &self.weak, key, id)
             .await?
             .map(|(meta, hit)| (meta, Box::new(hit) as HitHandler)))
     }
@@ -303,7 +266,7 @@ impl DiskStorage {
         slot: Slot,
         at: u64,
     ) -> Result<Applied<Option<Slot>>> {
-        let rec = purge_record(&self.store, key, at);
+        let rec = crate::log::purge_record(&self.store, key, at);
         self.log
             .run(&self.store, rec.len(), |reply| Job::Purge {
                 hash,

@@ -15,8 +15,8 @@ use tier_core::{EvictionListener, StatsCounters};
 use crate::config::{DiskConfig, Layout};
 use crate::fsio::{Blocking, Faults};
 use crate::index::{Index, Slot, SEG_MASK};
+use crate::inflight::Inflight;
 use crate::segment::{CacheDir, Segment};
-use crate::write::Inflight;
 
 /// The live segments, oldest first.
 #[derive(Debug, Default)]
@@ -127,7 +127,6 @@ pub(crate) struct Store {
     pub(crate) counters: StatsCounters,
     pub(crate) disk: DiskCounters,
     pub(crate) listener: RwLock<Option<Arc<dyn EvictionListener>>>,
-    pub(crate) log: std::sync::OnceLock<crate::log::WeakLog>,
     /// Writes started whose entry record is not yet with the log writer.
     pub(crate) open_writes: std::sync::atomic::AtomicUsize,
 }
@@ -143,14 +142,6 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// The log writer, while the tier is open.
-    pub(crate) fn log(&self) -> pingora_error::Result<crate::log::LogHandle> {
-        self.log
-            .get()
-            .and_then(|weak| weak.upgrade())
-            .ok_or_else(|| crate::log::stopped(self))
-    }
-
     /// A new sequence number (also a new write's entry id).
     pub(crate) fn seq(&self) -> u64 {
         self.next_seq.fetch_add(1, Ordering::Relaxed)
