@@ -514,6 +514,21 @@ pub(crate) fn encode_key(key: &CompactCacheKey, out: &mut Vec<u8>) {
     out.extend_from_slice(key.user_tag.as_bytes());
 }
 
+/// The 64-bit hash the index and the summaries keep for `key`, without
+/// hashing it again: pingora's primary hash is already a cryptographic hash,
+/// so its bytes are mixed with the variance hash's (if any) and with an
+/// XXH3 of the user tag (if not empty). A lookup computes it once.
+pub(crate) fn key_hash(key: &CompactCacheKey) -> u64 {
+    let mut h = u64_at(&key.primary, 0) ^ u64_at(&key.primary, 8).rotate_left(29);
+    if let Some(v) = &key.variance {
+        h ^= u64_at(v.as_ref(), 0).rotate_left(17) ^ u64_at(v.as_ref(), 8).rotate_left(43) ^ 1;
+    }
+    if !key.user_tag.is_empty() {
+        h ^= xxhash_rust::xxh3::xxh3_64(key.user_tag.as_bytes()).rotate_left(7);
+    }
+    h
+}
+
 /// Bytes `key` takes in a record.
 pub(crate) fn key_len(key: &CompactCacheKey) -> usize {
     17 + key.variance.as_ref().map_or(0, |_| 16) + key.user_tag.len()
@@ -891,6 +906,29 @@ mod tests {
         let mut bytes = sample(b"x");
         bytes[3] = b'3';
         assert_eq!(decode_head(&bytes), Err(FormatError::OtherVersion(3)));
+    }
+
+    #[test]
+    fn key_hashes_tell_variance_and_tag_apart() {
+        let plain = CacheKey::new("k", "").to_compact();
+        let tagged = CacheKey::new("k", "t").to_compact();
+        let mut varied = CacheKey::new("k", "");
+        varied.set_variance_key(hash_key("gzip"));
+        let hashes = [
+            key_hash(&plain),
+            key_hash(&tagged),
+            key_hash(&varied.to_compact()),
+            key_hash(&key()),
+        ];
+        for (i, a) in hashes.iter().enumerate() {
+            for b in &hashes[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(
+            key_hash(&plain),
+            key_hash(&CacheKey::new("k", "").to_compact())
+        );
     }
 
     #[test]

@@ -196,7 +196,7 @@ pub(crate) async fn find(
     key: CompactCacheKey,
     id: Option<u64>,
 ) -> Result<Option<(CacheMeta, DiskHitHandler)>> {
-    let hash = tier_core::key::entry_hash64(&key);
+    let hash = crate::format::key_hash(&key);
     if let Some(inflight) = store.following(hash, &key, id) {
         if let Ok(meta) = CacheMeta::deserialize(&inflight.internal, &inflight.header) {
             store.counters.record_hit();
@@ -340,7 +340,7 @@ pub(crate) fn evicted_entry(
     let rec = seg.read(offset, len as usize).ok()?;
     let head = decode_head(&rec).ok()?;
     let meta = CacheMeta::deserialize(head.internal(), head.header()).ok()?;
-    let hash = tier_core::key::entry_hash64(&head.key);
+    let hash = crate::format::key_hash(&head.key);
     let key = head.key.clone();
     let id = head.fixed.entry_id;
     let weight = rec.len();

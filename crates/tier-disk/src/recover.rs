@@ -187,7 +187,7 @@ fn check_record(rec: &[u8], block_size: usize, verify: bool) -> Option<(SummaryL
     };
     Some((
         SummaryLine {
-            hash: tier_core::key::entry_hash64(&head.key),
+            hash: crate::format::key_hash(&head.key),
             aux,
             offset: 0,
             len: 0,

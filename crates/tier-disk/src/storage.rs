@@ -15,7 +15,6 @@ use pingora_cache::storage::{
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheEntryId, CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
-use tier_core::key::entry_hash64;
 use tier_core::{Capabilities, EvictionListener, Tier, TierStats};
 
 use crate::config::DiskConfig;
@@ -196,7 +195,7 @@ impl DiskStorage {
         listed: bool,
     ) -> Result<MissHandler> {
         let compact = key.to_compact();
-        let hash = entry_hash64(&compact);
+        let hash = crate::format::key_hash(&compact);
         let miss = DiskMissHandler::start(
             self.store.clone(),
             self.log.clone(),
@@ -226,7 +225,7 @@ impl DiskStorage {
         id: Option<u64>,
     ) -> Result<Option<u64>> {
         let store = &self.store;
-        let hash = entry_hash64(key);
+        let hash = crate::format::key_hash(key);
         for _ in 0..RETRIES {
             let Some(slot) = store.index.get(hash) else {
                 return Ok(None);
@@ -286,7 +285,7 @@ impl DiskStorage {
         change: MetaChange,
     ) -> Result<bool> {
         let store = &self.store;
-        let hash = entry_hash64(key);
+        let hash = crate::format::key_hash(key);
         for _ in 0..RETRIES {
             let Some(slot) = store.index.get(hash) else {
                 return Ok(false);
