@@ -16,12 +16,12 @@ use tier_disk::{DiskConfig, DiskStorage, Durability};
 const CHILD_ENV: &str = "TIER_DISK_CRASH_CHILD";
 const KEYS: u32 = 12;
 
-fn config(dir: &std::path::Path) -> DiskConfig {
+fn config(dir: &std::path::Path, durability: Durability) -> DiskConfig {
     // Small segments: kills land in rotations, seals and evictions too.
     DiskConfig::new(dir, 4 << 20)
         .block_size(4096)
         .segment_bytes(256 << 10)
-        .durability(Durability::Full)
+        .durability(durability)
 }
 
 /// Entry `key`'s body for generation `gen`: its bytes name both, so a mixed
@@ -34,6 +34,17 @@ fn body(key: u32, gen: u32) -> Vec<u8> {
 /// finish returned.
 #[test]
 fn crash_child_writes_until_killed() {
+    child(Durability::Full);
+}
+
+/// The same child without syncs: a killed process keeps the page cache, so
+/// every finished write must survive it all the same.
+#[test]
+fn crash_child_writes_without_syncs_until_killed() {
+    child(Durability::None);
+}
+
+fn child(durability: Durability) {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         // Run directly by the test harness: nothing to do; the parent test
         // below runs this binary again as the child.
@@ -45,7 +56,7 @@ fn crash_child_writes_until_killed() {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let disk = DiskStorage::open(config(std::path::Path::new(&dir)))
+        let disk = DiskStorage::open(config(std::path::Path::new(&dir), durability))
             .await
             .expect("open")
             .leak();
@@ -83,15 +94,34 @@ fn crash_child_writes_until_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_writers_leave_every_entry_complete_or_absent() {
-    let runs: u32 = if std::env::var("TIER_SOAK").is_ok() {
+    let runs = if std::env::var("TIER_SOAK").is_ok() {
         400
     } else {
         200
     };
+    kill_points("crash_child_writes_until_killed", Durability::Full, runs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_writers_without_syncs_lose_nothing_they_finished() {
+    let runs = if std::env::var("TIER_SOAK").is_ok() {
+        400
+    } else {
+        60
+    };
+    kill_points(
+        "crash_child_writes_without_syncs_until_killed",
+        Durability::None,
+        runs,
+    )
+    .await;
+}
+
+async fn kill_points(child_test: &'static str, durability: Durability, runs: u32) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut checked, mut present, mut corrupt_served) = (0u32, 0u32, 0u32);
     let mut points = tier_conformance::crash::KillPoints::new(
-        "crash_child_writes_until_killed",
+        child_test,
         CHILD_ENV,
         "TIER_DISK_CRASH_GEN",
         dir.path(),
@@ -104,7 +134,7 @@ async fn killed_writers_leave_every_entry_complete_or_absent() {
         let then = Duration::from_micros(u64::from(run) * 397 % 3000);
         let lines = points.kill(wait_for, then).await;
 
-        let disk = DiskStorage::open(config(dir.path()))
+        let disk = DiskStorage::open(config(dir.path(), durability))
             .await
             .expect("reopen")
             .leak();
@@ -113,17 +143,17 @@ async fn killed_writers_leave_every_entry_complete_or_absent() {
         present += found.present;
         corrupt_served += found.corrupt;
         disk.close().await.expect("close");
-        // Every write whose finish returned under Durability::Full is there,
-        // at that generation or a later one.
+        // Every write whose finish returned is there, at that generation or
+        // a later one (a kill keeps the page cache, whatever the durability).
         for (key, gen) in &lines {
             let held = found.generations.get(key);
             assert!(
                 held.is_some_and(|held| held >= gen),
-                "run {run}: crash/{key} finished gen {gen} under Durability::Full, found {held:?}"
+                "run {run}: crash/{key} finished gen {gen} under {durability:?}, found {held:?}"
             );
         }
     }
-    println!("RESULT crash disk: {runs} crash points, {checked} entries checked, {present} present, {corrupt_served} corrupt bodies served");
+    println!("RESULT crash disk ({durability:?}): {runs} crash points, {checked} entries checked, {present} present, {corrupt_served} corrupt bodies served");
     assert_eq!(corrupt_served, 0);
     assert!(
         present > 0,
