@@ -233,13 +233,18 @@ pub(crate) struct SummaryLine {
 }
 
 impl SummaryLine {
+    /// The aux a line of `kind` has when it stores none.
+    fn aux_when_absent(kind: Kind) -> Option<u64> {
+        match kind {
+            Kind::Entry => Some(u64::MAX),
+            Kind::Fragment | Kind::Void => Some(0),
+            Kind::Meta | Kind::Purge => None,
+        }
+    }
+
     /// The aux this line implies without storing it, if it does.
     fn implied_aux(&self) -> Option<u64> {
-        match self.kind {
-            Kind::Entry if self.aux == u64::MAX => Some(u64::MAX),
-            Kind::Fragment | Kind::Void => Some(0),
-            _ => None,
-        }
+        Self::aux_when_absent(self.kind).filter(|&aux| aux == self.aux)
     }
 
     /// Bytes this line takes in a summary.
@@ -296,11 +301,8 @@ pub(crate) fn decode_summary(b: &[u8], count: usize) -> Result<Vec<SummaryLine>,
                 return Err(FormatError::Corrupt("summary aux where none belongs"));
             }
         } else {
-            line.aux = match kind {
-                Kind::Entry => u64::MAX,
-                Kind::Fragment | Kind::Void => 0,
-                _ => return Err(FormatError::Corrupt("summary line without its aux")),
-            };
+            line.aux = SummaryLine::aux_when_absent(kind)
+                .ok_or(FormatError::Corrupt("summary line without its aux"))?;
         }
         lines.push(line);
     }
