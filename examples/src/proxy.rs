@@ -45,11 +45,11 @@ pub type SharedCache = HybridStorage<MemoryStorage, DiskOverRedis>;
 /// Durability, as a command-line value.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum DurabilityArg {
-    /// Publish by rename only.
+    /// Append only: survives a killed process, not a power cut.
     None,
-    /// fsync each file before publishing it.
+    /// A write is acknowledged once synced (concurrent ones share a sync).
     Data,
-    /// Also fsync directories.
+    /// Also sync the directory when segment files come and go.
     Full,
 }
 
