@@ -244,6 +244,26 @@ fn deny(root: &Path, cargo: &str) -> Result<(), String> {
 fn bench(root: &Path, args: &[String]) -> Result<(), String> {
     let cargo = cargo();
     prerequisites(root)?;
+    // The proxy section runs the release proxy example against wrk.
+    step(
+        "bench prerequisites (wrk; the release proxy example)",
+        || {
+            ensure_debian_package(root, "wrk", "wrk")?;
+            run(
+                root,
+                &cargo,
+                &[
+                    "build",
+                    "--release",
+                    "--package",
+                    "examples",
+                    "--example",
+                    "proxy",
+                ],
+                &[],
+            )
+        },
+    )?;
     // The throughput report first, then the per-entry memory figures, which
     // need a counting allocator and so run in a binary of their own.
     for bin in ["tier-bench", "overhead"] {

@@ -1,192 +1,328 @@
-//! The proxy under load over loopback: requests/s and p99 for memory hits and
-//! disk hits, against the same proxy caching in pingora's `MemCache`, in the
-//! same run. Bounded in requests and time; only 127.0.0.1 is contacted.
+//! The proxy as users run it: the release proxy example pinned to one core,
+//! `wrk` pinned to the other, GETs spread over 1,000 cached objects; the
+//! proxy's own CPU time per request from `/proc/PID/stat`, for pingora's
+//! `MemCache`, tiers memory hits and tiers disk hits, in the same run. Only
+//! 127.0.0.1 is contacted.
 
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use examples::proxy::{build, free_port, DurabilityArg, ProxyOptions, StorageArg, WriteArg};
-use hdrhistogram::Histogram;
-use pingora_core::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use tokio::runtime::Runtime;
-use tokio::sync::oneshot;
 
-struct Stop(Mutex<Option<oneshot::Receiver<()>>>);
+const OBJECTS: usize = 1_000;
 
-#[async_trait]
-impl ShutdownSignalWatch for Stop {
-    async fn recv(&self) -> ShutdownSignal {
-        let rx = self.0.lock().ok().and_then(|mut rx| rx.take());
-        if let Some(rx) = rx {
-            let _ = rx.await;
-        }
-        ShutdownSignal::FastShutdown
-    }
-}
-
+/// One configuration's load figures.
+#[derive(Debug, Clone, Copy, Default)]
 struct Load {
     rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-    hits: u64,
-    tier: String,
+    p99_ms: f64,
+    cpu_us_per_request: f64,
+    disk_hits: u64,
+    memory_hits: u64,
 }
 
-/// Run one proxy configuration: warm `paths` up, then `requests` GETs from
-/// `clients` concurrent clients.
+/// The proxy example binary, beside this benchmark's own binary.
+fn proxy_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.join("examples").join("proxy");
+    path.exists().then_some(path)
+}
+
+/// The proxy's user + system CPU time so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is the first, utime the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Stops the proxy when dropped.
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A value of a `tiers_events_total{event="NAME"}` line of `/metrics`.
+fn metric(text: &str, event: &str) -> u64 {
+    let key = format!("tiers_events_total{{event=\"{event}\"}}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// wrk's figures: requests, requests/s, p99 in ms.
+fn parse_wrk(out: &str) -> Option<(u64, f64, f64)> {
+    let requests = out
+        .lines()
+        .find(|l| l.contains("requests in"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let rps = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let p99 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))?
+        .trim();
+    let p99_ms = if let Some(us) = p99.strip_suffix("us") {
+        us.parse::<f64>().ok()? / 1000.0
+    } else if let Some(ms) = p99.strip_suffix("ms") {
+        ms.parse().ok()?
+    } else {
+        p99.strip_suffix('s')?.parse::<f64>().ok()? * 1000.0
+    };
+    Some((requests, rps, p99_ms))
+}
+
 fn measure(
     rt: &Runtime,
-    opts: ProxyOptions,
-    paths: &[String],
-    requests: usize,
-    clients: usize,
+    binary: &Path,
+    dir: &Path,
+    size: usize,
+    flags: &[&str],
+    seconds: u32,
 ) -> Result<Load, String> {
-    let built = build(&opts, 0).map_err(|e| e.to_string())?;
-    let base = format!("http://{}", built.listen);
-    let (tx, rx) = oneshot::channel();
-    let server = built.server;
-    let thread = std::thread::spawn(move || {
-        server.run(RunArgs {
-            shutdown_signal: Box::new(Stop(Mutex::new(Some(rx)))),
-        })
-    });
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(&opts.listen).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let paths: Arc<Vec<String>> = Arc::new(paths.to_vec());
-    let result = rt.block_on(async {
+    let port = examples::proxy::free_port().map_err(|e| e.to_string())?;
+    let cache = tempfile::tempdir_in(dir).map_err(|e| e.to_string())?;
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(binary)
+        .args(["--listen", &listen, "--cache-dir"])
+        .arg(cache.path())
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting the proxy: {e}"))?;
+    let proxy = Proxy(child);
+    let base = format!("http://{listen}");
+    let metrics = rt.block_on(async {
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| e.to_string())?;
-        // Warm up: two passes, so every object is cached (and, with the
-        // tiers, settled in the tier the configuration puts it in).
+        let started = Instant::now();
+        while client.get(format!("{base}/bytes/1")).send().await.is_err() {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err("the proxy did not start listening".to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Every object twice: a miss, then a hit (settled in its tier).
         for _ in 0..2 {
-            for path in paths.iter() {
+            for k in 0..OBJECTS {
                 let resp = client
-                    .get(format!("{base}{path}"))
+                    .get(format!("{base}/bytes/{size}?k={k}"))
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;
                 resp.bytes().await.map_err(|e| e.to_string())?;
             }
         }
-        let started = Instant::now();
-        let per_client = requests / clients;
-        let tasks: Vec<_> = (0..clients)
-            .map(|c| {
-                let (client, base, paths) = (client.clone(), base.clone(), paths.clone());
-                tokio::spawn(async move {
-                    let mut hist =
-                        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
-                    let (mut hits, mut tier) = (0u64, String::new());
-                    for i in 0..per_client {
-                        let path = &paths[(c * 7919 + i) % paths.len()];
-                        let t = Instant::now();
-                        let Ok(resp) = client.get(format!("{base}{path}")).send().await else {
-                            continue;
-                        };
-                        let status = resp
-                            .headers()
-                            .get("x-cache-status")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_string();
-                        tier = resp
-                            .headers()
-                            .get("x-cache-tier")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("-")
-                            .to_string();
-                        if resp.bytes().await.is_ok() && status == "hit" {
-                            hits += 1;
-                        }
-                        hist.saturating_record(t.elapsed().as_nanos() as u64);
-                    }
-                    (hist, hits, tier)
-                })
-            })
-            .collect();
-        let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
-        let (mut hits, mut tier) = (0, String::new());
-        for task in tasks {
-            let (hist, h, t) = task.await.map_err(|e| e.to_string())?;
-            total.add(&hist).map_err(|e| e.to_string())?;
-            hits += h;
-            tier = t;
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        Ok(Load {
-            rps: total.len() as f64 / elapsed.max(1e-9),
-            p50_us: total.value_at_quantile(0.5) as f64 / 1000.0,
-            p99_us: total.value_at_quantile(0.99) as f64 / 1000.0,
-            hits,
-            tier,
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(text)
+    })?;
+    let script = cache.path().join("spread.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "counter = 0\nrequest = function()\n  counter = counter + 1\n  return wrk.format(\"GET\", \"/bytes/{size}?k=\" .. (counter % {OBJECTS}))\nend\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let pid = proxy.0.id();
+    let before = cpu_ticks(pid).ok_or("no /proc stat for the proxy")?;
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            "-c16",
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(format!("{base}/"))
+        .output()
+        .map_err(|e| format!("running wrk: {e}"))?;
+    let after = cpu_ticks(pid).ok_or("no /proc stat for the proxy")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (requests, rps, p99_ms) =
+        parse_wrk(&text).ok_or_else(|| format!("wrk printed no figures: {text}"))?;
+    let after_metrics = rt
+        .block_on(async {
+            reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .ok()?
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()
         })
-    });
-    let _ = tx.send(());
-    let _ = thread.join();
-    result
+        .unwrap_or_default();
+    let cpu_s = (after - before) as f64 / clock_ticks_per_second();
+    Ok(Load {
+        rps,
+        p99_ms,
+        cpu_us_per_request: cpu_s * 1e6 / requests.max(1) as f64,
+        disk_hits: metric(&after_metrics, "hit_disk") - metric(&metrics, "hit_disk"),
+        memory_hits: metric(&after_metrics, "hit_memory") - metric(&metrics, "hit_memory"),
+    })
 }
 
 /// The proxy section of the report.
-pub fn section(rt: &Runtime, dir: &std::path::Path, quick: bool) -> String {
-    let requests = if quick { 4_000 } else { 40_000 };
-    let clients = 16;
-    let paths: Vec<String> = (0..64).map(|i| format!("/bytes/{}", 16_384 + i)).collect();
-    let options = |storage, memory_mib, promote| -> Result<ProxyOptions, String> {
-        Ok(ProxyOptions {
-            listen: format!("127.0.0.1:{}", free_port().map_err(|e| e.to_string())?),
-            upstream: None,
-            cache_dir: tempfile::tempdir_in(dir).map_err(|e| e.to_string())?.keep(),
-            memory_mib,
-            disk_mib: 256,
-            durability: DurabilityArg::Data,
-            write: WriteArg::Through,
-            promote_on_hit: promote,
-            storage,
-            redis: None,
-            redis_cluster: Vec::new(),
-        })
-    };
-    let runs = [
-        ("pingora MemCache", StorageArg::Memcache, 64, 2),
-        ("tiers, memory hits", StorageArg::Tiers, 64, 2),
-        // A memory tier of 0 bytes takes nothing and promotes nothing: every
-        // hit is a disk hit.
-        ("tiers, disk hits", StorageArg::Tiers, 0, 0),
-    ];
+pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
     let mut out = String::new();
+    let Some(binary) = proxy_binary() else {
+        return "### The proxy pinned, with wrk\n\nNot measured: the proxy example is not built \
+                (`cargo xtask bench` builds it; by hand: `cargo build --release --example proxy`).\n\n"
+            .to_string();
+    };
+    let seconds = if quick { 3 } else { 8 };
     let _ = writeln!(
         out,
-        "### The proxy under load over loopback\n\n{requests} GETs of 64 objects of ~16 KiB from {clients} \
-         concurrent reqwest clients after a warm-up, proxy and clients on the same 2 cores.\n\n\
-         | configuration | requests/s | p50 µs | p99 µs | hits | tier of last hit | ratio vs MemCache |\n|---|---:|---:|---:|---:|---|---:|"
+        "### The proxy pinned, with wrk: CPU per request\n\n\
+         The release proxy example pinned to core 0 (`taskset -c 0`), `wrk -t1 -c16 -d{seconds}s` \
+         pinned to core 1, GETs spread over {OBJECTS} objects fetched twice before (a miss, then a \
+         hit); the proxy's CPU time (user + system, `/proc/PID/stat`) divided by the requests \
+         wrk counted. Disk hits: a 1 MiB memory tier with promotion off (the tier counters say how \
+         many hits came from disk). Ratios divide by MemCache's CPU per request.\n\n\
+         | body | configuration | requests/s | p99 ms | proxy CPU µs per request | disk hits / hits | CPU ratio vs MemCache |\n\
+         |---|---|---:|---:|---:|---:|---:|"
     );
-    let mut base = None;
-    for (label, storage, memory_mib, promote) in runs {
-        let load = options(storage, memory_mib, promote)
-            .and_then(|opts| measure(rt, opts, &paths, requests, clients));
-        match load {
-            Ok(load) => {
-                let ratio = load.rps / *base.get_or_insert(load.rps);
-                let _ = writeln!(
-                    out,
-                    "| {label} | {:.0} | {:.0} | {:.0} | {} | {} | {ratio:.2}× |",
-                    load.rps, load.p50_us, load.p99_us, load.hits, load.tier
-                );
-            }
-            Err(e) => {
-                let _ = writeln!(out, "| {label} | not measured: {e} | | | | | |");
+    let sizes: &[usize] = if quick {
+        &[16 << 10]
+    } else {
+        &[1 << 10, 16 << 10, 256 << 10]
+    };
+    let runs: [(&str, &[&str]); 3] = [
+        ("pingora MemCache", &["--storage", "memcache"]),
+        (
+            "tiers, memory hits",
+            &["--memory-mib", "512", "--durability", "none"],
+        ),
+        (
+            "tiers, disk hits",
+            &[
+                "--memory-mib",
+                "1",
+                "--promote-on-hit",
+                "0",
+                "--durability",
+                "none",
+            ],
+        ),
+    ];
+    let mut per_size = Vec::new();
+    for &size in sizes {
+        let mut base = None;
+        let mut cpu = Vec::new();
+        for (label, flags) in runs {
+            match measure(rt, &binary, dir, size, flags, seconds) {
+                Ok(load) => {
+                    cpu.push(load.cpu_us_per_request);
+                    let ratio =
+                        load.cpu_us_per_request / *base.get_or_insert(load.cpu_us_per_request);
+                    let hits = load.disk_hits + load.memory_hits;
+                    let share = if hits == 0 {
+                        "-".to_string()
+                    } else {
+                        format!("{:.0}%", 100.0 * load.disk_hits as f64 / hits as f64)
+                    };
+                    let _ = writeln!(
+                        out,
+                        "| {} KiB | {label} | {:.0} | {:.2} | {:.1} | {share} | {ratio:.2}× |",
+                        size >> 10,
+                        load.rps,
+                        load.p99_ms,
+                        load.cpu_us_per_request
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        out,
+                        "| {} KiB | {label} | not measured: {e} | | | | |",
+                        size >> 10
+                    );
+                }
             }
         }
+        if let [_, memory, disk] = cpu[..] {
+            per_size.push(format!(
+                "{} KiB {:.2}×",
+                size >> 10,
+                disk / memory.max(1e-9)
+            ));
+        }
     }
-    out.push('\n');
+    let _ = writeln!(
+        out,
+        "\nProxy CPU per disk hit against per memory hit: {}.\n",
+        per_size.join(", ")
+    );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_figures() {
+        let out = "Running 8s test @ http://127.0.0.1:1/\n  1 threads and 16 connections\n  Latency Distribution\n     50%  400.00us\n     99%    4.13ms\n  260684 requests in 8.00s, 4.0GB read\nRequests/sec:  32577.28\n";
+        assert_eq!(parse_wrk(out), Some((260_684, 32_577.28, 4.13)));
+        assert_eq!(parse_wrk("nothing"), None);
+    }
+
+    #[test]
+    fn reads_a_metric_line() {
+        let text = "tiers_events_total{event=\"hit_disk\"} 12\ntiers_events_total{event=\"hit_memory\"} 3\n";
+        assert_eq!(metric(text, "hit_disk"), 12);
+        assert_eq!(metric(text, "hit_memory"), 3);
+        assert_eq!(metric(text, "miss"), 0);
+    }
+
+    #[test]
+    fn reads_this_process_cpu_time() {
+        assert!(cpu_ticks(std::process::id()).is_some());
+    }
 }
