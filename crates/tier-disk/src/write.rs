@@ -106,8 +106,14 @@ impl DiskMissHandler {
                 &format!("the meta would not read back ({e}); pingora reads at most 256 headers"),
             ));
         }
-        let head_room = record_len(&probe) + store.layout.fragment_bytes as u64 * 2;
-        if head_room > crate::segment::record_space(store.layout.segment_bytes) / 2 {
+        // The entry record holds the key, the meta, the fragment list and at
+        // most one fragment's worth of body; it must fit an empty segment
+        // with its summary line.
+        let layout = store.layout;
+        let entry_room = record_len(&probe)
+            + crate::format::stored_len(layout.fragment_bytes as u64, layout.block_size)
+            + 64;
+        if entry_room > crate::segment::record_space(layout.segment_bytes) {
             return Err(refused(
                 &store,
                 &key,

@@ -381,6 +381,21 @@ async fn the_bound_holds_on_allocated_bytes_also_after_reopening_smaller() {
     );
 }
 
+/// A cache smaller than 512 KiB (64 KiB segments, the smallest) still takes
+/// small and large writes, and keeps its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_cache_takes_writes_and_keeps_its_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = open(DiskConfig::new(dir.path(), 200_000)).await;
+    for i in 0..40u8 {
+        let len = if i % 4 == 0 { 40_000 } else { 900 };
+        put(disk, &format!("t/{i}"), &body_of(i, len)).await;
+        assert!(allocated(dir.path()) <= 200_000);
+    }
+    assert_eq!(get(disk, "t/39").await, Ok(Some(body_of(39, 900))));
+    assert_eq!(get(disk, "t/36").await, Ok(Some(body_of(36, 40_000))));
+}
+
 /// Entries hit since they were written survive the eviction of their
 /// segment (copied forward); entries never hit do not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
