@@ -134,11 +134,7 @@ impl DiskConfig {
     /// The per-object body limit in force: as set (default a quarter of the
     /// capacity), and never more than all segments but two hold.
     pub fn effective_max_object_bytes(&self) -> u64 {
-        let layout = self.layout();
-        let room = layout.segment_bytes * (layout.max_segments.saturating_sub(2).max(1));
-        self.max_object_bytes
-            .unwrap_or(self.capacity_bytes / 4)
-            .min(room)
+        self.layout().max_object_bytes
     }
 
     pub(crate) fn layout(&self) -> Layout {
@@ -154,11 +150,17 @@ impl DiskConfig {
             .max(crate::format::MIN_BLOCK);
         let fragment_bytes =
             ((256 << 10).min(segment_bytes as usize / 8) / block_size).max(1) * block_size;
+        let max_segments = (self.capacity_bytes / segment_bytes).max(2);
+        let room = segment_bytes * max_segments.saturating_sub(2).max(1);
         Layout {
             segment_bytes,
             block_size,
             fragment_bytes,
-            max_segments: (self.capacity_bytes / segment_bytes).max(2),
+            max_segments,
+            max_object_bytes: self
+                .max_object_bytes
+                .unwrap_or(self.capacity_bytes / 4)
+                .min(room),
         }
     }
 }
@@ -177,4 +179,6 @@ pub(crate) struct Layout {
     pub(crate) fragment_bytes: usize,
     /// Segments the capacity holds (at least two).
     pub(crate) max_segments: u64,
+    /// The per-object body limit in force.
+    pub(crate) max_object_bytes: u64,
 }

@@ -371,8 +371,9 @@ pub(crate) struct Fixed {
     pub(crate) header_len: usize,
     pub(crate) extra_len: usize,
     pub(crate) data_len: u64,
-    /// The one block's checksum, for an entry whose data is one block.
-    pub(crate) inline_crc: Option<u32>,
+    /// Bytes 44..48: the one block's checksum of an entry whose data is one
+    /// block (which it is depends on the block size), else zero.
+    header_block_crc: u32,
     crc: u32,
 }
 
@@ -421,7 +422,6 @@ pub(crate) fn decode_fixed(b: &[u8]) -> Result<Fixed, FormatError> {
     let kind = Kind::from_u8(b[4]).ok_or(FormatError::Corrupt("unknown record kind"))?;
     let mut body = [0u8; 8];
     body[..6].copy_from_slice(&b[24..30]);
-    let crc_field = u32_at(b, 44);
     let fixed = Fixed {
         kind,
         key_len: u16::from_le_bytes([b[6], b[7]]) as usize,
@@ -432,14 +432,8 @@ pub(crate) fn decode_fixed(b: &[u8]) -> Result<Fixed, FormatError> {
         header_len: u32_at(b, 32) as usize,
         extra_len: u32_at(b, 36) as usize,
         data_len: u32_at(b, 40) as u64,
-        inline_crc: None,
+        header_block_crc: u32_at(b, 44),
         crc: u32_at(b, 48),
-    };
-    // Which layout the data has follows from the kind and lengths (and the
-    // block size, checked by the reader); the stored field is zero otherwise.
-    let fixed = Fixed {
-        inline_crc: (kind == Kind::Entry && fixed.data_len > 0).then_some(crc_field),
-        ..fixed
     };
     if b[5] != 0 {
         return Err(FormatError::Corrupt("reserved bytes set"));
@@ -705,9 +699,8 @@ pub(crate) fn check_record_data(
     first_block: u64,
     verify: bool,
 ) -> Result<Vec<std::ops::Range<usize>>, String> {
-    let inline_crc = fixed
-        .inline_crc
-        .filter(|_| inline(fixed.kind, fixed.data_len, block_size));
+    let inline_crc =
+        inline(fixed.kind, fixed.data_len, block_size).then_some(fixed.header_block_crc);
     check_data(
         raw,
         fixed.data_len,

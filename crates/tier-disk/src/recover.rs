@@ -163,21 +163,20 @@ fn scan(seg: &Segment, verify: bool) -> Scanned {
 /// the highest sequence number it carries.
 fn check_record(rec: &[u8], block_size: usize, verify: bool) -> Option<(SummaryLine, u64)> {
     let head = decode_head(rec).ok()?;
-    let data = rec.get(head.fixed.data_start() as usize..)?;
-    let first_block = match head.fixed.kind {
-        Kind::Fragment => head.fixed.body_len / block_size as u64,
-        _ => {
-            let frags = decode_frags_of(&head)?;
-            frags.iter().map(|f| f.1).sum::<u64>() / block_size as u64
-        }
-    };
-    let data =
-        data.get(..(head.fixed.record_len(block_size) - head.fixed.data_start()) as usize)?;
-    format::check_record_data(data, &head.fixed, block_size, first_block, verify).ok()?;
-    let aux = match head.fixed.kind {
-        Kind::Entry => decode_frags_of(&head)?
+    let fixed = &head.fixed;
+    // The record's data starts where its fragments end (an entry) or where
+    // it says (a fragment); the other kinds carry none.
+    let first_block = match fixed.kind {
+        Kind::Fragment => fixed.body_len,
+        _ => fixed.body_len.saturating_sub(fixed.data_len),
+    } / block_size as u64;
+    let data = rec.get(fixed.data_start() as usize..fixed.record_len(block_size) as usize)?;
+    format::check_record_data(data, fixed, block_size, first_block, verify).ok()?;
+    let aux = match fixed.kind {
+        Kind::Entry => decode_frags(head.extra())
+            .ok()?
             .iter()
-            .map(|f| f.0)
+            .map(|f| f.segment)
             .min()
             .unwrap_or(u64::MAX),
         Kind::Meta => decode_meta_ref(head.extra()).ok()?.replaces,
@@ -191,24 +190,10 @@ fn check_record(rec: &[u8], block_size: usize, verify: bool) -> Option<(SummaryL
             aux,
             offset: 0,
             len: 0,
-            kind: head.fixed.kind,
+            kind: fixed.kind,
         },
-        head.fixed.seq.max(head.fixed.entry_id),
+        fixed.seq.max(fixed.entry_id),
     ))
-}
-
-/// An entry's fragments as (segment, body bytes); none for other kinds.
-fn decode_frags_of(head: &format::Head) -> Option<Vec<(u64, u64)>> {
-    if head.fixed.kind != Kind::Entry {
-        return Some(Vec::new());
-    }
-    Some(
-        decode_frags(head.extra())
-            .ok()?
-            .iter()
-            .map(|f| (f.segment, f.len as u64))
-            .collect(),
-    )
 }
 
 /// What open found, for its log line and the tier's accessors.

@@ -72,6 +72,23 @@ pub struct DiskStats {
     pub corrupt: u64,
 }
 
+/// What the index points at for a key, as `purge` and meta updates find it.
+enum Current {
+    /// No entry of this key (and id).
+    Absent,
+    /// The index points into a segment already evicted.
+    Gone(Slot),
+    /// The record there does not read back.
+    Unreadable(Slot),
+    /// This key's record, at log location `at`.
+    Found {
+        slot: Slot,
+        at: u64,
+        rec: Vec<u8>,
+        head: crate::format::Head,
+    },
+}
+
 /// What `rewrite_meta` writes.
 enum MetaChange {
     /// The serialized internal meta and header to store.
@@ -217,6 +234,31 @@ impl DiskStorage {
             .map(|(meta, hit)| (meta, Box::new(hit) as HitHandler)))
     }
 
+    /// What the index points at for `key` now: its record if it is this
+    /// key's (and this id's, if given).
+    async fn current(&self, key: &CompactCacheKey, hash: u64, id: Option<u64>) -> Result<Current> {
+        let store = &self.store;
+        let Some(slot) = store.index.get(hash) else {
+            return Ok(Current::Absent);
+        };
+        let Some(seg) = store.segment(slot) else {
+            return Ok(Current::Gone(slot));
+        };
+        let (rec, head) = match read_record(store, &seg, slot).await? {
+            Ok(found) => found,
+            Err(_) => return Ok(Current::Unreadable(slot)),
+        };
+        if &head.key != key || id.is_some_and(|id| id != head.fixed.entry_id) {
+            return Ok(Current::Absent);
+        }
+        Ok(Current::Found {
+            slot,
+            at: loc(seg.id, slot.offset()),
+            rec,
+            head,
+        })
+    }
+
     /// Remove the entry of `key` (if its id is `id`, when given); the id of
     /// the entry removed.
     async fn purge_entry(
@@ -227,53 +269,22 @@ impl DiskStorage {
         let store = &self.store;
         let hash = crate::format::key_hash(key);
         for _ in 0..RETRIES {
-            let Some(slot) = store.index.get(hash) else {
-                return Ok(None);
-            };
-            // The record must be this key's (and this id's, if given).
-            let Some(seg) = store.segment(slot) else {
-                store.index.remove_if(hash, slot, |_| {});
-                return Ok(None);
-            };
-            let (_, head) = match read_record(store, &seg, slot).await? {
-                Ok(found) => found,
-                Err(_) => {
-                    // Unreadable: remove it all the same.
-                    let at = loc(seg.id, slot.offset());
-                    return self.send_purge(key, hash, slot, at).await.map(|a| match a {
-                        Applied::Done(s) => s.map(|_| id.unwrap_or(0)),
-                        Applied::Moved => None,
-                    });
+            let (slot, removed_id) = match self.current(key, hash, id).await? {
+                Current::Absent => return Ok(None),
+                Current::Gone(slot) => {
+                    store.index.remove_if(hash, slot, |_| {});
+                    return Ok(None);
                 }
+                // Unreadable: remove it all the same.
+                Current::Unreadable(slot) => (slot, id.unwrap_or(0)),
+                Current::Found { slot, head, .. } => (slot, head.fixed.entry_id),
             };
-            if &head.key != key || id.is_some_and(|id| id != head.fixed.entry_id) {
-                return Ok(None);
-            }
-            let at = loc(seg.id, slot.offset());
-            match self.send_purge(key, hash, slot, at).await? {
-                Applied::Done(removed) => return Ok(removed.map(|_| head.fixed.entry_id)),
+            match crate::log::purge_slot(&self.log, store, key, hash, slot).await? {
+                Applied::Done(removed) => return Ok(removed.map(|_| removed_id)),
                 Applied::Moved => continue,
             }
         }
         Ok(None)
-    }
-
-    async fn send_purge(
-        &self,
-        key: &CompactCacheKey,
-        hash: u64,
-        slot: Slot,
-        at: u64,
-    ) -> Result<Applied<Option<Slot>>> {
-        let rec = crate::log::purge_record(&self.store, key, at);
-        self.log
-            .run(&self.store, rec.len(), |reply| Job::Purge {
-                hash,
-                rec,
-                expect: Some((slot, at)),
-                reply,
-            })
-            .await
     }
 
     /// Write a meta update record for the entry of `key` (and `id`, if
@@ -287,20 +298,15 @@ impl DiskStorage {
         let store = &self.store;
         let hash = crate::format::key_hash(key);
         for _ in 0..RETRIES {
-            let Some(slot) = store.index.get(hash) else {
+            let Current::Found {
+                slot,
+                at: here,
+                rec,
+                head,
+            } = self.current(key, hash, id).await?
+            else {
                 return Ok(false);
             };
-            let Some(seg) = store.segment(slot) else {
-                return Ok(false);
-            };
-            let (rec, head) = match read_record(store, &seg, slot).await? {
-                Ok(found) => found,
-                Err(_) => return Ok(false),
-            };
-            if &head.key != key || id.is_some_and(|id| id != head.fixed.entry_id) {
-                return Ok(false);
-            }
-            let here = loc(seg.id, slot.offset());
             let body = match head.fixed.kind {
                 Kind::Entry => MetaRef {
                     body_at: here,
@@ -457,7 +463,7 @@ impl Tier for DiskStorage {
 
     fn capabilities(&self) -> Capabilities {
         let mut caps = Capabilities::all();
-        caps.max_object_bytes = Some(self.store.config.effective_max_object_bytes() as usize);
+        caps.max_object_bytes = Some(self.store.layout.max_object_bytes as usize);
         caps
     }
 

@@ -238,7 +238,7 @@ impl HandleMiss for DiskMissHandler {
             return Err(self.closed());
         }
         let new_len = self.body_len + data.len() as u64;
-        let limit = self.store.config.effective_max_object_bytes();
+        let limit = self.store.layout.max_object_bytes;
         if new_len > limit {
             self.give_up();
             self.store.counters.record_rejection();
