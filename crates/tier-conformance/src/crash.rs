@@ -178,3 +178,19 @@ pub async fn check_entries(
     }
     found
 }
+
+/// What a process killed now would leave of the cache directory `dir`: a
+/// copy of its regular files (not following symlinks; subdirectories
+/// skipped) in a new temporary directory, to open beside the live tier,
+/// which keeps its own directory (and its lock). Written bytes still in the
+/// page cache are copied, as a killed process leaves them.
+pub fn image_of(dir: &std::path::Path) -> std::io::Result<tempfile::TempDir> {
+    let image = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), image.path().join(entry.file_name()))?;
+        }
+    }
+    Ok(image)
+}

@@ -2,6 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
+use pingora_error::ErrorType;
+
+/// `open` found the directory held by another open disk tier (in this
+/// process or another): one tier per directory. A process taking over from
+/// another (a graceful upgrade) retries until the old one has closed.
+pub const DIR_IN_USE: ErrorType = ErrorType::Custom("TierDirInUse");
+
 /// How hard a write works to survive a power cut before `finish` returns.
 ///
 /// Every level survives a killed process: records are in the page cache

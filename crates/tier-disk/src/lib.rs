@@ -65,7 +65,7 @@ mod storage;
 mod store;
 mod write;
 
-pub use config::{DiskConfig, Durability};
+pub use config::{DiskConfig, Durability, DIR_IN_USE};
 #[cfg(feature = "fault-injection")]
 pub use fsio::{Controls, Event, FaultKind, FaultPlan};
 pub use read::DiskHitHandler;

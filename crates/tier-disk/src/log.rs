@@ -453,6 +453,8 @@ impl Writer {
                 // Let go of the files and the index.
                 *self.store.segments.write() = Default::default();
                 self.store.index.clear();
+                // Another process may open the directory now.
+                *self.store.lock.lock() = None;
                 let _ = reply.send(Ok(()));
             }
             Job::Fragment { mut rec, reply } => {

@@ -18,7 +18,7 @@ use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType, Result};
 use tier_core::StatsCounters;
 
-use crate::config::DiskConfig;
+use crate::config::{DiskConfig, DIR_IN_USE};
 use crate::format::{
     self, decode_footer, decode_frags, decode_head, decode_meta_ref, decode_segment_header,
     decode_summary, encode_footer, encode_summary, loc_parts, summary_crc, u64_at, Footer, Kind,
@@ -26,7 +26,7 @@ use crate::format::{
 };
 use crate::fsio::{Blocking, Faults};
 use crate::index::{Index, Slot};
-use crate::segment::{parse_segment_name, CacheDir, Listed, Segment};
+use crate::segment::{parse_segment_name, CacheDir, Listed, Segment, LOCK_FILE};
 use crate::store::{DiskCounters, Segments, Store};
 
 /// Write `lines` as the summary of `seg` at `end`, then its footer (the
@@ -208,6 +208,10 @@ pub(crate) struct Report {
     pub(crate) v1_cleared: bool,
 }
 
+/// How long `open` waits for a directory's lock before failing with
+/// `DIR_IN_USE`.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Whether a directory entry is part of a version-1 cache.
 fn is_v1(l: &Listed) -> bool {
     (l.is_dir
@@ -230,6 +234,32 @@ pub(crate) fn open(config: DiskConfig) -> Result<(Arc<Store>, u64, Report)> {
         )
     };
     let dir = CacheDir::open(&path).map_err(|e| open_error("open", e))?;
+    // Before anything is read or changed: a second writer would seal and
+    // evict segments the first is still appending to.
+    // A tier of this process being dropped lets go of the lock when its
+    // writer thread ends: give that a moment before calling it in use.
+    let mut lock = dir.lock();
+    let waited = Instant::now();
+    while matches!(&lock, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        && waited.elapsed() < LOCK_WAIT
+    {
+        std::thread::sleep(LOCK_WAIT / 50);
+        lock = dir.lock();
+    }
+    let lock = lock.map_err(|e| {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            Error::because(
+                DIR_IN_USE,
+                format!(
+                    "{name}: cache directory {} is in use by another open disk tier (its `lock` file is held); one process, and one tier, per directory",
+                    path.display()
+                ),
+                e,
+            )
+        } else {
+            open_error("lock", e)
+        }
+    })?;
     let listed = dir.list().map_err(|e| open_error("read", e))?;
     let mut report = Report::default();
     let faults = Faults::new(config.fault_plan.clone());
@@ -255,6 +285,7 @@ pub(crate) fn open(config: DiskConfig) -> Result<(Arc<Store>, u64, Report)> {
         match parse_segment_name(&l.name) {
             Some(id) if l.is_file => found.push((id, l.name.clone())),
             _ if is_v1(l) => {}
+            _ if l.is_file && l.name == LOCK_FILE => {}
             _ => report.skipped += 1,
         }
     }
@@ -343,6 +374,7 @@ pub(crate) fn open(config: DiskConfig) -> Result<(Arc<Store>, u64, Report)> {
         },
         listener: RwLock::new(None),
         open_writes: std::sync::atomic::AtomicUsize::new(0),
+        lock: parking_lot::Mutex::new(Some(lock)),
         config,
     };
     tracing::info!(

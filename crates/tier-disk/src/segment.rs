@@ -105,6 +105,9 @@ impl Segment {
     }
 }
 
+/// The name of the file whose `flock` says a process has the directory.
+pub(crate) const LOCK_FILE: &str = "lock";
+
 /// The cache directory, held open.
 #[derive(Debug)]
 pub(crate) struct CacheDir {
@@ -138,6 +141,28 @@ impl CacheDir {
         )?;
         rustix::fs::fchmod(&fd, Mode::RWXU)?;
         Ok(CacheDir { fd })
+    }
+
+    /// Take the directory's lock: the file `lock`, created 0600 if missing
+    /// (never through a symlink), held with an exclusive `flock` for as long
+    /// as the returned descriptor lives. Fails with `WouldBlock` at once when
+    /// another process (or another open tier in this one) holds it.
+    pub(crate) fn lock(&self) -> io::Result<OwnedFd> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            LOCK_FILE,
+            OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )?;
+        let stat = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the lock file is not a regular file",
+            ));
+        }
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+        Ok(fd)
     }
 
     /// The names in the directory (not following symlinks).

@@ -129,6 +129,8 @@ pub(crate) struct Store {
     pub(crate) listener: RwLock<Option<Arc<dyn EvictionListener>>>,
     /// Writes started whose entry record is not yet with the log writer.
     pub(crate) open_writes: std::sync::atomic::AtomicUsize,
+    /// The directory's lock, held until the tier is closed or dropped.
+    pub(crate) lock: parking_lot::Mutex<Option<std::os::fd::OwnedFd>>,
 }
 
 impl std::fmt::Debug for Store {

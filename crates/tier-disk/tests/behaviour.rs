@@ -322,6 +322,39 @@ async fn open_of_an_unusable_directory_names_the_path() {
     assert!(err.to_string().contains("is a file"), "{err}");
 }
 
+/// One open tier per directory: a second open fails at once with
+/// `DIR_IN_USE` naming the path, and touches nothing; once the first is
+/// closed (or dropped) the directory opens again with its entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_in_use_is_refused_until_the_tier_closes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = open(config(dir.path())).await;
+    put(first, "kept", b"kept body").await;
+    let err = DiskStorage::open(config(dir.path()))
+        .await
+        .expect_err("a second tier on one directory");
+    assert_eq!(err.etype(), &tier_disk::DIR_IN_USE, "{err}");
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+    // The refused open changed nothing: the first still serves.
+    assert_eq!(get(first, "kept").await, Ok(Some(b"kept body".to_vec())));
+    first.close().await.expect("close");
+    let second = DiskStorage::open(config(dir.path())).await.expect("reopen");
+    assert_eq!(second.skipped_at_open(), 0, "the lock file is not a stray");
+    let second = second.leak();
+    assert_eq!(get(second, "kept").await, Ok(Some(b"kept body".to_vec())));
+    // Dropping a tier lets go of the lock too.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    drop(DiskStorage::open(config(dir2.path())).await.expect("open"));
+    drop(
+        DiskStorage::open(config(dir2.path()))
+            .await
+            .expect("open after a drop"),
+    );
+}
+
 /// Written to three times its capacity, the tier never allocates more than
 /// its capacity on disk (as `du` counts), also after reopening smaller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,7 +470,9 @@ async fn a_purge_stays_purged_after_a_reopen() {
         .await
         .expect("purge");
     assert!(matches!(outcome, PurgeOutcome::Purged(Some(_))));
-    let reopened = open(config(dir.path())).await;
+    // What a kill now would leave, reopened (no close, so no seal).
+    let image = tier_conformance::crash::image_of(dir.path()).expect("image");
+    let reopened = open(config(image.path())).await;
     assert_eq!(get(reopened, "gone").await, Ok(None));
     assert_eq!(get(reopened, "kept").await, Ok(Some(b"hi".to_vec())));
 }

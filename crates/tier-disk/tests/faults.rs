@@ -158,8 +158,10 @@ async fn every_failed_operation_leaves_a_consistent_cache() {
                     segment_bytes(&dir) <= 64 << 20,
                     "{path:?} {kind:?} at op {n}: over the bound"
                 );
-                // Check the live storage, then the same directory reopened.
-                let reopened = DiskStorage::open(config(&dir, None))
+                // Check the live storage, then what a kill now would leave
+                // reopened (the live tier keeps its directory's lock).
+                let image = tier_conformance::crash::image_of(&dir).expect("image");
+                let reopened = DiskStorage::open(config(image.path(), None))
                     .await
                     .expect("reopen")
                     .leak();
