@@ -7,8 +7,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,7 +22,7 @@ use pingora_cache::{
     CacheKey, CacheMeta, CacheMetaDefaults, HitHandler, NoCacheReason, RespCacheable,
     VarianceBuilder,
 };
-use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::Result;
@@ -62,17 +63,28 @@ pub enum WriteArg {
     Back,
 }
 
-/// The proxy's options; `--help` lists them.
-#[derive(Debug, Clone, clap::Parser)]
+/// The proxy's options; `--help` lists them. Beside its own flags it takes
+/// pingora's standard ones: `-c FILE` (a pingora YAML configuration: threads,
+/// pid file, error log, grace periods), `-d` (run in the background), `-u`
+/// (take over the listening sockets of a running proxy) and `-t` (check the
+/// configuration and exit).
+#[derive(Debug, clap::Parser)]
 #[command(about = "A Pingora reverse proxy caching in memory over disk (tiers)")]
+#[command(mut_arg("upgrade", |a| a.help("Take over the listening sockets of a running proxy (pingora's graceful upgrade; send the old one SIGQUIT)")))]
+#[command(mut_arg("daemon", |a| a.help("Run in the background (pingora's daemon mode; see pid_file and error_log in -c)")))]
+#[command(mut_arg("test", |a| a.help("Check the configuration and exit")))]
+#[command(mut_arg("conf", |a| a.help("A pingora YAML configuration file (threads, pid_file, error_log, grace periods)")))]
 pub struct ProxyOptions {
+    /// pingora's own options.
+    #[command(flatten)]
+    pub server: Opt,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:6188")]
     pub listen: String,
-    /// Upstream origin (host:port, plain HTTP). Without it, a demo origin
-    /// starts on a loopback port.
+    /// Upstream origin, `host:port` (a name is resolved at start), plain
+    /// HTTP. Without it, a demo origin starts on a loopback port.
     #[arg(long)]
-    pub upstream: Option<SocketAddr>,
+    pub upstream: Option<String>,
     /// Cache directory (created if missing).
     #[arg(long, default_value = "target/proxy-cache")]
     pub cache_dir: PathBuf,
@@ -104,6 +116,13 @@ pub struct ProxyOptions {
     /// (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`).
     #[arg(long, value_delimiter = ',')]
     pub redis_cluster: Vec<String>,
+}
+
+impl Default for ProxyOptions {
+    /// The defaults `--help` lists.
+    fn default() -> Self {
+        <ProxyOptions as clap::Parser>::parse_from(["proxy"])
+    }
 }
 
 /// Which storage the proxy caches in, as a command-line value.
@@ -142,23 +161,26 @@ pub struct Tiers {
     pub layout: Layout,
 }
 
-impl Tiers {
-    /// Open the tiers the options describe. Blocking: call before the server
-    /// runs. Redis is connected on first use, so the proxy starts while it is
-    /// down.
-    pub fn open(opts: &ProxyOptions) -> Result<Self> {
-        let memory: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(
-            MemoryConfig::new(opts.memory_mib << 20).max_object_bytes((opts.memory_mib << 20) / 8),
-        )));
+/// What to open: the tiers' configurations, taken from the options.
+#[derive(Debug, Clone)]
+pub struct TierPlan {
+    memory: MemoryConfig,
+    disk: DiskConfig,
+    policy: Policy,
+    redis: Option<RedisConfig>,
+}
+
+impl TierPlan {
+    /// The tiers `opts` describe.
+    pub fn new(opts: &ProxyOptions) -> Self {
+        let memory =
+            MemoryConfig::new(opts.memory_mib << 20).max_object_bytes((opts.memory_mib << 20) / 8);
         let durability = match opts.durability {
             DurabilityArg::None => Durability::None,
             DurabilityArg::Data => Durability::Data,
             DurabilityArg::Full => Durability::Full,
         };
-        let disk = DiskStorage::open_blocking(
-            DiskConfig::new(&opts.cache_dir, opts.disk_mib << 20).durability(durability),
-        )?
-        .leak();
+        let disk = DiskConfig::new(&opts.cache_dir, opts.disk_mib << 20).durability(durability);
         let promotion = match opts.promote_on_hit {
             0 => Promotion::Never,
             1 => Promotion::Always,
@@ -168,13 +190,59 @@ impl Tiers {
             WriteArg::Through => WritePolicy::WriteThrough,
             WriteArg::Back => WritePolicy::WriteBack,
         };
-        let policy = Policy::default().write(write).promotion(promotion);
-        let redis_config = match (&opts.redis, opts.redis_cluster.is_empty()) {
+        let redis = match (&opts.redis, opts.redis_cluster.is_empty()) {
             (Some(url), _) => Some(RedisConfig::single(url.clone())),
             (None, false) => Some(RedisConfig::cluster(opts.redis_cluster.clone())),
             (None, true) => None,
         };
-        let layout = match redis_config {
+        TierPlan {
+            memory,
+            disk,
+            policy: Policy::default().write(write).promotion(promotion),
+            redis,
+        }
+    }
+
+    /// What can be checked before the server starts: a cache directory
+    /// that is a file, or under one.
+    pub fn check(&self) -> Result<()> {
+        let dir = self.disk.dir();
+        let blocked = dir.ancestors().find(|p| p.exists()).filter(|p| !p.is_dir());
+        match blocked {
+            Some(file) => Err(pingora_error::Error::explain(
+                pingora_error::ErrorType::FileOpenError,
+                format!(
+                    "cache directory {}: {} is a file, not a directory",
+                    dir.display(),
+                    file.display()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Open the tiers. Blocking: call it on a thread that may block. While
+    /// another process has the cache directory (the old process of a
+    /// graceful upgrade, until it closes its tiers) this waits, saying so
+    /// once. Redis is connected on first use, so the proxy starts while it
+    /// is down.
+    pub fn open(self) -> Result<Tiers> {
+        let memory: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(self.memory)));
+        let mut said = false;
+        let disk = loop {
+            match DiskStorage::open_blocking(self.disk.clone()) {
+                Err(e) if e.etype() == &tier_disk::DIR_IN_USE => {
+                    if !said {
+                        tracing::info!(error = %e, "waiting for the cache directory");
+                        said = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                opened => break opened?.leak(),
+            }
+        };
+        let policy = self.policy;
+        let layout = match self.redis {
             None => Layout::Local(HybridStorage::new(memory, disk, policy).leak()),
             Some(config) => {
                 let redis = RedisStorage::new(config).leak();
@@ -200,7 +268,105 @@ impl Tiers {
             layout,
         })
     }
+}
 
+/// The tiers, once a background service has opened them (after pingora
+/// has daemonized, so the disk tier's threads live in the serving
+/// process). Until then requests go to the origin uncached.
+#[derive(Debug, Default)]
+pub struct TierSlot(OnceLock<Tiers>);
+
+impl TierSlot {
+    /// The tiers, if open.
+    pub fn get(&self) -> Option<Tiers> {
+        self.0.get().copied()
+    }
+
+    /// Wait (blocking, up to `timeout`) for the tiers to open.
+    pub fn wait(&self, timeout: Duration) -> Option<Tiers> {
+        let started = Instant::now();
+        loop {
+            if let Some(tiers) = self.get() {
+                return Some(tiers);
+            }
+            if started.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Opens the tiers when the server starts, and closes the disk tier (sealing
+/// the segment being written) when it stops gracefully (SIGTERM).
+struct TierService {
+    plan: TierPlan,
+    slot: &'static TierSlot,
+}
+
+#[async_trait]
+impl pingora_core::services::background::BackgroundService for TierService {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        let plan = self.plan.clone();
+        let opened = tokio::task::spawn_blocking(move || plan.open()).await;
+        let tiers = match opened {
+            Ok(Ok(tiers)) => tiers,
+            Ok(Err(e)) => fail(&format!("cannot open the cache: {}", explain(&e))),
+            Err(e) => fail(&format!("cannot open the cache: {e}")),
+        };
+        let _ = self.slot.0.set(tiers);
+        let _ = shutdown.changed().await;
+        match tiers.disk.close().await {
+            Ok(()) => tracing::info!("disk tier closed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "disk tier not closed; the next open scans its last segment")
+            }
+        }
+    }
+}
+
+/// Say what went wrong and exit non-zero: the proxy cannot do its job.
+fn fail(what: &str) -> ! {
+    tracing::error!("{what}");
+    eprintln!("proxy: {what}");
+    std::process::exit(1)
+}
+
+/// Prints the banner once the proxy listens (and its cache is open), or
+/// exits non-zero if it does not within a while.
+struct ReadyService {
+    listen: SocketAddr,
+    slot: Option<&'static TierSlot>,
+    banner: String,
+}
+
+#[async_trait]
+impl pingora_core::services::background::BackgroundService for ReadyService {
+    async fn start(&self, _shutdown: pingora_core::server::ShutdownWatch) {
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(self.listen).await.is_err() {
+            if started.elapsed() > READY_WITHIN {
+                fail(&format!(
+                    "not listening on {} after {READY_WITHIN:?}",
+                    self.listen
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(slot) = self.slot {
+            while slot.get().is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        tracing::info!(listen = %self.listen, "ready");
+        println!("{}", self.banner);
+    }
+}
+
+/// How long the proxy may take to listen before it gives up.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+
+impl Tiers {
     /// The storage to cache in.
     pub fn storage(&self) -> &'static (dyn pingora_cache::Storage + Sync) {
         match self.layout {
@@ -264,13 +430,21 @@ impl Tiers {
 }
 
 /// Follows the fleet's invalidations through Redis (a pingora background
-/// service).
-struct Invalidations(Tiers);
+/// service), once the tiers are open.
+struct Invalidations(&'static TierSlot);
 
 #[async_trait]
 impl pingora_core::services::background::BackgroundService for Invalidations {
     async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
-        let tiers = self.0;
+        let tiers = loop {
+            if let Some(tiers) = self.0.get() {
+                break tiers;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = shutdown.changed() => return,
+            }
+        };
         let Some(redis) = tiers.redis() else { return };
         tokio::select! {
             _ = redis.follow_invalidations(move |inv| async move { tiers.apply(inv).await }) => {}
@@ -288,10 +462,8 @@ static DEFAULTS: CacheMetaDefaults = CacheMetaDefaults::new(default_ttl, 60, 300
 
 /// The proxy.
 pub struct CachingProxy {
-    upstream: SocketAddr,
-    storage: &'static (dyn pingora_cache::Storage + Sync),
-    /// The tiers, when the storage is them (for metrics and the tier header).
-    tiers: Option<Tiers>,
+    upstream: Upstream,
+    cache: CacheIn,
     eviction: &'static LruManager<16>,
     lock: &'static CacheKeyLockImpl,
     metrics: Metrics,
@@ -305,18 +477,76 @@ impl std::fmt::Debug for CachingProxy {
     }
 }
 
-impl CachingProxy {
-    /// A proxy to `upstream` caching in `tiers` (or, without them, in
-    /// pingora's `MemCache`).
-    pub fn new(upstream: SocketAddr, tiers: Option<Tiers>, total_bytes: usize) -> Self {
-        let storage: &'static (dyn pingora_cache::Storage + Sync) = match tiers {
-            Some(tiers) => tiers.storage(),
-            None => Box::leak(Box::new(pingora_cache::MemCache::new())),
+/// Where the proxy caches.
+#[derive(Clone, Copy)]
+pub enum CacheIn {
+    /// The tiers, once open.
+    Tiers(&'static TierSlot),
+    /// pingora's `MemCache`.
+    MemCache(&'static pingora_cache::MemCache),
+}
+
+impl std::fmt::Debug for CacheIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CacheIn::Tiers(_) => "CacheIn::Tiers",
+            CacheIn::MemCache(_) => "CacheIn::MemCache",
+        })
+    }
+}
+
+impl CacheIn {
+    fn storage(&self) -> Option<&'static (dyn pingora_cache::Storage + Sync)> {
+        match self {
+            CacheIn::Tiers(slot) => slot.get().map(|tiers| tiers.storage()),
+            CacheIn::MemCache(cache) => Some(*cache),
+        }
+    }
+
+    fn tiers(&self) -> Option<Tiers> {
+        match self {
+            CacheIn::Tiers(slot) => slot.get(),
+            CacheIn::MemCache(_) => None,
+        }
+    }
+}
+
+/// The origin: its address, and its name as given.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The `host:port` it was given as (or the address).
+    pub name: String,
+}
+
+impl Upstream {
+    /// Resolve `host:port` (a name or an address) to its first address.
+    pub fn resolve(name: &str) -> Result<Upstream> {
+        let bad = |why: String| {
+            pingora_error::Error::explain(
+                pingora_error::ErrorType::InvalidHTTPHeader,
+                format!("--upstream {name}: {why}"),
+            )
         };
+        let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(name)
+            .map_err(|e| bad(format!("cannot resolve it ({e}); give host:port")))?;
+        let addr = addrs
+            .next()
+            .ok_or_else(|| bad("the name has no address".to_string()))?;
+        Ok(Upstream {
+            addr,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl CachingProxy {
+    /// A proxy to `upstream` caching in `cache`.
+    pub fn new(upstream: Upstream, cache: CacheIn, total_bytes: usize) -> Self {
         CachingProxy {
             upstream,
-            storage,
-            tiers,
+            cache,
             // Tracks every cached entry across both tiers; its purges of
             // hot-tier ids evict from memory (demoting in write-back).
             eviction: Box::leak(Box::new(LruManager::<16>::with_capacity(
@@ -355,7 +585,8 @@ impl ProxyHttp for CachingProxy {
             return Ok(false);
         }
         let text = self
-            .tiers
+            .cache
+            .tiers()
             .map(|tiers| self.metrics.render(&tiers))
             .unwrap_or_default();
         let body = Bytes::from(text);
@@ -372,21 +603,39 @@ impl ProxyHttp for CachingProxy {
         _session: &mut Session,
         _ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        Ok(Box::new(HttpPeer::new(
+            self.upstream.addr,
+            false,
+            String::new(),
+        )))
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
         // A PURGE needs the cache (and its key) too, to remove the entry.
+        // Until the tiers are open, requests go to the origin uncached.
+        let Some(storage) = self.cache.storage() else {
+            return Ok(());
+        };
         if request_cacheable(session.req_header()) || self.is_purge(session, ctx) {
-            session.cache.enable(
-                self.storage,
-                Some(self.eviction),
-                None,
-                Some(self.lock),
-                None,
-            );
+            session
+                .cache
+                .enable(storage, Some(self.eviction), None, Some(self.lock), None);
         }
         Ok(())
+    }
+
+    /// What pingora's log lines (a failed cache lookup among them) say of
+    /// the request: its method and, once it has a cache key, the entry's
+    /// hash rather than the URL the key is made of.
+    fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
+        let method = session.req_header().method.as_str();
+        // Enabled and past the key callback: the key is set.
+        if session.cache.enabled() && session.cache.phase() != pingora_cache::CachePhase::CacheKey {
+            let entry = tier_core::key::entry_file_name(&session.cache.cache_key().to_compact());
+            format!("{method} entry {entry}")
+        } else {
+            session.as_ref().request_summary()
+        }
     }
 
     fn cache_key_callback(&self, session: &Session, _ctx: &mut Self::CTX) -> Result<CacheKey> {
@@ -457,7 +706,10 @@ impl ProxyHttp for CachingProxy {
         _is_fresh: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<pingora_cache::ForcedFreshness>> {
-        ctx.tier = self.tiers.and_then(|tiers| tiers.served(hit_handler));
+        ctx.tier = self
+            .cache
+            .tiers()
+            .and_then(|tiers| tiers.served(hit_handler));
         Ok(None)
     }
 
@@ -609,13 +861,14 @@ pub struct Built {
     /// The server, ready for `run` or `run_forever`.
     pub server: Server,
     /// The proxy's address.
-    pub listen: String,
+    pub listen: SocketAddr,
     /// The origin it forwards to.
-    pub upstream: SocketAddr,
+    pub upstream: Upstream,
     /// The demo origin's counters, if it started one.
     pub origin: Option<Arc<crate::origin::OriginCounters>>,
-    /// The cache's tiers (none when caching in MemCache).
-    pub tiers: Option<Tiers>,
+    /// The cache's tiers, open once the server runs (none when caching in
+    /// MemCache).
+    pub tiers: Option<&'static TierSlot>,
 }
 
 impl std::fmt::Debug for Built {
@@ -627,23 +880,55 @@ impl std::fmt::Debug for Built {
     }
 }
 
+/// pingora's configuration: the `-c` file as given, or, without one, this
+/// example's (two threads, no grace period: it stops at once), with the
+/// command line's `-d`/`-u`/`-t` applied either way.
+fn server_conf(opt: &Opt) -> Result<ServerConf> {
+    let mut conf = match &opt.conf {
+        Some(_) => ServerConf::load_yaml_with_opt_override(opt)?,
+        None => ServerConf {
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(5),
+            threads: 2,
+            ..ServerConf::default()
+        },
+    };
+    conf.merge_with_opt(opt);
+    Ok(conf)
+}
+
 /// Build the server the options describe. `demo_origin_port` is where the
 /// demo origin listens when there is no upstream (0 picks a free port).
+///
+/// Fails, with a message that says what to change, when the listen address
+/// or the upstream does not resolve, when the listen address is taken
+/// (unless `-u` takes it over from a running proxy), or when the cache
+/// directory is a file. The tiers open when the server runs.
 pub fn build(opts: &ProxyOptions, demo_origin_port: u16) -> Result<Built> {
-    // Stop promptly: no long drain on SIGTERM for an example.
-    let conf = ServerConf {
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        threads: 2,
-        ..ServerConf::default()
+    let conf = server_conf(&opts.server)?;
+    let opt = Opt {
+        conf: None, // loaded above
+        ..opt_copy(&opts.server)
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let tiers = match opts.storage {
-        StorageArg::Tiers => Some(Tiers::open(opts)?),
+    let listen = resolve_listen(&opts.listen, opts.server.upgrade)?;
+    let plan = match opts.storage {
+        StorageArg::Tiers => {
+            let plan = TierPlan::new(opts);
+            plan.check()?;
+            Some(plan)
+        }
         StorageArg::Memcache => None,
     };
-    let (upstream, origin) = match opts.upstream {
+    let upstream = opts
+        .upstream
+        .as_deref()
+        .map(Upstream::resolve)
+        .transpose()?;
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // With -t this checks the configuration and exits; with -u it takes
+    // the listening sockets over from the running proxy.
+    server.bootstrap();
+    let (upstream, origin) = match upstream {
         Some(upstream) => (upstream, None),
         None => {
             let port = if demo_origin_port == 0 {
@@ -658,27 +943,145 @@ pub fn build(opts: &ProxyOptions, demo_origin_port: u16) -> Result<Built> {
                 pingora_core::services::listening::Service::new("demo origin".into(), app);
             service.add_tcp(&addr.to_string());
             server.add_service(service);
-            (addr, Some(counters))
+            let name = addr.to_string();
+            (Upstream { addr, name }, Some(counters))
         }
     };
-    if let Some(tiers) = tiers.filter(|t| t.redis().is_some()) {
-        server.add_service(pingora_core::services::background::background_service(
-            "shared invalidations",
-            Invalidations(tiers),
-        ));
-    }
+    let slot: Option<&'static TierSlot> = plan.as_ref().map(|_| &*Box::leak(Box::default()));
+    let cache = match (slot, plan) {
+        (Some(slot), Some(plan)) => {
+            if plan.redis.is_some() {
+                server.add_service(pingora_core::services::background::background_service(
+                    "shared invalidations",
+                    Invalidations(slot),
+                ));
+            }
+            server.add_service(pingora_core::services::background::background_service(
+                "tiers",
+                TierService { plan, slot },
+            ));
+            CacheIn::Tiers(slot)
+        }
+        _ => CacheIn::MemCache(Box::leak(Box::new(pingora_cache::MemCache::new()))),
+    };
+    let banner = banner(opts, listen, &upstream, origin.is_some());
     let total = (opts.memory_mib << 20) + (opts.disk_mib << 20) as usize;
-    let proxy = CachingProxy::new(upstream, tiers, total);
+    let proxy = CachingProxy::new(upstream.clone(), cache, total);
     let mut service = pingora_proxy::http_proxy_service(&server.configuration, proxy);
-    service.add_tcp(&opts.listen);
+    service.add_tcp(&listen.to_string());
     server.add_service(service);
+    server.add_service(pingora_core::services::background::background_service(
+        "ready",
+        ReadyService {
+            listen,
+            slot,
+            banner,
+        },
+    ));
     Ok(Built {
         server,
-        listen: opts.listen.clone(),
+        listen,
         upstream,
         origin,
-        tiers,
+        tiers: slot,
     })
+}
+
+/// pingora's `Opt` has no `Clone`.
+fn opt_copy(opt: &Opt) -> Opt {
+    Opt {
+        upgrade: opt.upgrade,
+        daemon: opt.daemon,
+        nocapture: opt.nocapture,
+        test: opt.test,
+        conf: opt.conf.clone(),
+    }
+}
+
+/// The address `--listen` names, checked free now (unless `-u` takes it
+/// over from the running proxy), so a taken port is a clear error at start,
+/// not a panic in a pingora thread later.
+fn resolve_listen(listen: &str, upgrade: bool) -> Result<SocketAddr> {
+    let bind_error = |why: String| {
+        pingora_error::Error::explain(
+            pingora_error::ErrorType::BindError,
+            format!("--listen {listen}: {why}"),
+        )
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(listen)
+        .map_err(|e| bind_error(format!("not an address ({e}); give host:port")))?
+        .next()
+        .ok_or_else(|| bind_error("the name has no address".to_string()))?;
+    if !upgrade {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| bind_error(format!("cannot listen there: {e}")))?;
+    }
+    Ok(addr)
+}
+
+/// What the proxy prints once it listens.
+fn banner(opts: &ProxyOptions, listen: SocketAddr, upstream: &Upstream, demo: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("tiers proxy on http://{listen} -> {}\n", upstream.name);
+    let _ = match opts.storage {
+        StorageArg::Memcache => writeln!(
+            out,
+            "cache: pingora's MemCache (unbounded, for comparisons)"
+        ),
+        StorageArg::Tiers => writeln!(
+            out,
+            "cache: {} MiB memory over {} MiB disk in {}{}",
+            opts.memory_mib,
+            opts.disk_mib,
+            opts.cache_dir.display(),
+            match (&opts.redis, opts.redis_cluster.is_empty()) {
+                (Some(url), _) => format!(" over Redis at {url}"),
+                (None, false) =>
+                    format!(" over the Redis Cluster {}", opts.redis_cluster.join(",")),
+                (None, true) => String::new(),
+            }
+        ),
+    };
+    if demo {
+        let _ = write!(
+            out,
+            "demo origin started (bodies up to 64 MiB, cached for 60 s); try:\n\
+             \x20 curl -si http://{listen}/bytes/1048576 -o /dev/null -D -   # miss, then run again: hit\n\
+             \x20 curl -si -H 'Range: bytes=0-99' http://{listen}/bytes/1048576 -o /dev/null -D -\n\
+             \x20 curl -s http://{listen}/metrics\n\
+             \x20 curl -si -X PURGE http://{listen}/bytes/1048576   # remove it (from Redis and the fleet too)"
+        );
+    }
+    out.trim_end().to_string()
+}
+
+/// Log to stderr through `tracing`, filtered by `RUST_LOG` (without it:
+/// the tiers' and this proxy's lines from `info`, pingora's from `warn`),
+/// pingora's own `log` records included.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "warn,examples=info,tier_core=info,tier_memory=info,tier_disk=info,tier_hybrid=info,tier_redis=info",
+        )
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// An error as one readable line: what failed and why, without pingora's
+/// error-type prefix.
+pub fn explain(e: &pingora_error::Error) -> String {
+    let mut out = match &e.context {
+        Some(context) => context.as_str().to_string(),
+        None => e.etype.as_str().to_string(),
+    };
+    if let Some(cause) = &e.cause {
+        out.push_str(&format!(" ({cause})"));
+    }
+    out
 }
 
 /// A loopback port free right now.

@@ -23,7 +23,9 @@ impl ShutdownSignalWatch for StopSignal {
         if let Some(rx) = rx {
             let _ = rx.await;
         }
-        ShutdownSignal::FastShutdown
+        // As SIGTERM: the proxy closes its disk tier (and lets go of the
+        // directory) on the way out.
+        ShutdownSignal::GracefulTerminate
     }
 }
 
@@ -41,7 +43,7 @@ impl Running {
     fn start(opts: &ProxyOptions) -> Running {
         let built = build(opts, 0).expect("build the proxy");
         let origin = built.origin.clone().unwrap_or_default();
-        let (upstream, tiers) = (built.upstream, built.tiers);
+        let (upstream, slot) = (built.upstream.addr, built.tiers);
         let base = format!("http://{}", built.listen);
         let (tx, rx) = oneshot::channel();
         let server = built.server;
@@ -58,6 +60,8 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+        // And until the tiers are open (before that, requests pass uncached).
+        let tiers = slot.map(|slot| slot.wait(Duration::from_secs(30)).expect("the tiers open"));
         Running {
             stop: Some(tx),
             thread: Some(thread),
@@ -147,8 +151,7 @@ fn tiers_options(
         write,
         promote_on_hit: 1,
         storage: StorageArg::Tiers,
-        redis: None,
-        redis_cluster: Vec::new(),
+        ..ProxyOptions::default()
     }
 }
 
@@ -169,8 +172,7 @@ fn the_proxy_caches_in_memory_and_on_disk_end_to_end() {
         write: WriteArg::Through,
         promote_on_hit: 2,
         storage: StorageArg::Tiers,
-        redis: None,
-        redis_cluster: Vec::new(),
+        ..ProxyOptions::default()
     };
     let (rt, client) = runtime_and_client();
     let proxy = Running::start(&opts);
@@ -298,12 +300,12 @@ fn two_proxies_share_one_redis_tier() {
         promote_on_hit: 1,
         storage: StorageArg::Tiers,
         redis: Some(redis.url()),
-        redis_cluster: Vec::new(),
+        ..ProxyOptions::default()
     };
     let (rt, client) = runtime_and_client();
     // A starts the demo origin; B proxies the same one.
     let a = Running::start(&opts(dir_a.path(), None));
-    let b = Running::start(&opts(dir_b.path(), Some(a.upstream)));
+    let b = Running::start(&opts(dir_b.path(), Some(a.upstream.to_string())));
     let b_tiers = b.tiers.expect("tiers");
     let path = "/bytes/300000";
     let want = sha(&demo_body(300_000));
@@ -444,4 +446,62 @@ fn concurrent_requests_of_an_oversize_object_are_all_whole() {
         }
     });
     proxy.stop();
+}
+
+/// What a newcomer gets wrong first is refused at start with a message that
+/// names it: a taken port, an address that is not one, an upstream that does
+/// not resolve, a cache directory under a file. A host name upstream works.
+#[test]
+fn bad_flags_are_clear_errors_and_a_host_name_upstream_resolves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr").to_string();
+    let base = || tiers_options(dir.path(), 8, 64, WriteArg::Through);
+    let message = |opts: ProxyOptions| match build(&opts, 0) {
+        Ok(_) => panic!("built with {opts:?}"),
+        Err(e) => examples::proxy::explain(&e),
+    };
+    let got = message(ProxyOptions {
+        listen: taken_addr.clone(),
+        ..base()
+    });
+    assert!(
+        got.contains(&taken_addr) && got.contains("cannot listen"),
+        "{got}"
+    );
+    let got = message(ProxyOptions {
+        listen: "127.0.0.1:notaport".into(),
+        ..base()
+    });
+    assert!(got.contains("--listen 127.0.0.1:notaport"), "{got}");
+    let got = message(ProxyOptions {
+        upstream: Some("no-such-host.invalid:80".into()),
+        ..base()
+    });
+    assert!(got.contains("--upstream no-such-host.invalid:80"), "{got}");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    let got = message(ProxyOptions {
+        cache_dir: file.join("cache"),
+        ..base()
+    });
+    assert!(got.contains("is a file"), "{got}");
+
+    // An origin named by host name, reached through the proxy.
+    let (rt, client) = runtime_and_client();
+    let origin = Running::start(&base());
+    let by_name = format!("localhost:{}", origin.upstream.port());
+    let proxy = Running::start(&ProxyOptions {
+        upstream: Some(by_name),
+        cache_dir: dir.path().join("second"),
+        ..base()
+    });
+    rt.block_on(async {
+        let got = get(&client, &format!("{}/bytes/1000", proxy.base), &[]).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(sha(&got.body), sha(&demo_body(1000)));
+        assert_eq!(origin.origin_requests(), 1, "the named upstream served it");
+    });
+    proxy.stop();
+    origin.stop();
 }

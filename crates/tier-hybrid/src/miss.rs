@@ -222,6 +222,7 @@ impl HandleMiss for HybridMiss {
                     tracing::warn!(
                         hybrid = %this.shared.name,
                         ?tier,
+                        entry = %tier_core::key::entry_file_name(&this.key),
                         error = %e,
                         "an older generation could not be removed after a write"
                     );

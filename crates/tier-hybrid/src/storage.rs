@@ -319,7 +319,7 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
                 Ok(miss) => Some(miss),
                 Err(e) => {
                     incr(&counters.errors);
-                    tracing::warn!(hybrid = %self.shared.name, error = %e, "hot tier refused a write");
+                    tracing::warn!(hybrid = %self.shared.name, entry = %tier_core::key::entry_file_name(&key.to_compact()), error = %e, "hot tier refused a write");
                     None
                 }
             }
@@ -636,7 +636,7 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
             Err(e) => {
                 // A failing hot tier is skipped: the cold tier still serves.
                 incr(&counters.errors);
-                tracing::warn!(hybrid = %self.shared.name, error = %e, "hot tier lookup failed");
+                tracing::warn!(hybrid = %self.shared.name, entry = %tier_core::key::entry_file_name(&key.to_compact()), error = %e, "hot tier lookup failed");
             }
         }
         let slot = cache_key_hash64(key);
@@ -666,7 +666,7 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
                 // A failing cold tier is a miss, not an outage.
                 incr(&counters.errors);
                 incr(&counters.misses);
-                tracing::warn!(hybrid = %self.shared.name, error = %e, "cold tier lookup failed");
+                tracing::warn!(hybrid = %self.shared.name, entry = %tier_core::key::entry_file_name(&key.to_compact()), error = %e, "cold tier lookup failed");
                 Ok(None)
             }
         }
@@ -739,7 +739,7 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
             Ok(outcome) => Some(outcome),
             Err(e) => {
                 incr(&counters.errors);
-                tracing::warn!(hybrid = %self.shared.name, tier, error = %e, "purge failed");
+                tracing::warn!(hybrid = %self.shared.name, tier, entry = %tier_core::key::entry_file_name(key), error = %e, "purge failed");
                 None
             }
         };
