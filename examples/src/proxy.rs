@@ -7,8 +7,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -28,7 +28,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, TextEncoder};
 use tier_core::Tier;
 use tier_disk::{DiskConfig, DiskStorage, Durability};
 use tier_hybrid::policy::{Policy, Promotion, WritePolicy};
@@ -302,6 +302,8 @@ impl TierSlot {
 struct TierService {
     plan: TierPlan,
     slot: &'static TierSlot,
+    /// The `cache` label of its metrics: the proxy's listen address.
+    label: String,
 }
 
 #[async_trait]
@@ -314,6 +316,16 @@ impl pingora_core::services::background::BackgroundService for TierService {
             Ok(Err(e)) => fail(&format!("cannot open the cache: {}", explain(&e))),
             Err(e) => fail(&format!("cannot open the cache: {e}")),
         };
+        // Every tier and level, as tiers_* metrics labelled with the
+        // listen address (cache="127.0.0.1:6188"), in the registry pingora
+        // serves metrics from.
+        if let Err(e) = tier_hybrid::prometheus::register(
+            prometheus::default_registry(),
+            &self.label,
+            tiers.storage_tier(),
+        ) {
+            tracing::warn!(error = %e, "tier metrics not registered");
+        }
         let _ = self.slot.0.set(tiers);
         let _ = shutdown.changed().await;
         match tiers.disk.close().await {
@@ -367,6 +379,14 @@ impl pingora_core::services::background::BackgroundService for ReadyService {
 const READY_WITHIN: Duration = Duration::from_secs(10);
 
 impl Tiers {
+    /// The whole cache as a tier, for its metrics.
+    pub fn storage_tier(&self) -> &'static dyn Tier {
+        match self.layout {
+            Layout::Local(cache) => cache,
+            Layout::Shared { cache, .. } => cache,
+        }
+    }
+
     /// The storage to cache in.
     pub fn storage(&self) -> &'static (dyn pingora_cache::Storage + Sync) {
         match self.layout {
@@ -466,7 +486,6 @@ pub struct CachingProxy {
     cache: CacheIn,
     eviction: &'static LruManager<16>,
     lock: &'static CacheKeyLockImpl,
-    metrics: Metrics,
 }
 
 impl std::fmt::Debug for CachingProxy {
@@ -554,7 +573,6 @@ impl CachingProxy {
                 1 << 16,
             ))),
             lock: Box::leak(CacheLock::new_boxed(Duration::from_secs(5))),
-            metrics: Metrics::new(),
         }
     }
 }
@@ -584,12 +602,7 @@ impl ProxyHttp for CachingProxy {
         if session.req_header().uri.path() != "/metrics" {
             return Ok(false);
         }
-        let text = self
-            .cache
-            .tiers()
-            .map(|tiers| self.metrics.render(&tiers))
-            .unwrap_or_default();
-        let body = Bytes::from(text);
+        let body = Bytes::from(render_metrics());
         let mut resp = ResponseHeader::build(200, Some(2))?;
         resp.insert_header("content-type", "text/plain; version=0.0.4")?;
         resp.insert_header("content-length", body.len().to_string())?;
@@ -732,127 +745,12 @@ impl ProxyHttp for CachingProxy {
     }
 }
 
-/// Prometheus metrics, refreshed from the tiers' counters on each scrape.
-struct Metrics {
-    registry: Registry,
-    events: IntCounterVec,
-    tier_bytes: IntGaugeVec,
-    tier_entries: IntGaugeVec,
-    seen: Mutex<Vec<(String, u64)>>,
-}
-
-impl Metrics {
-    fn new() -> Self {
-        let registry = Registry::new();
-        let events = IntCounterVec::new(
-            Opts::new("tiers_events_total", "Cache events by kind: hits per tier, misses, promotions, demotions, skips, errors, evictions"),
-            &["event"],
-        )
-        .expect("static metric definition is valid");
-        let tier_bytes = IntGaugeVec::new(
-            Opts::new("tiers_bytes", "Bytes charged per tier"),
-            &["tier"],
-        )
-        .expect("static metric definition is valid");
-        let tier_entries =
-            IntGaugeVec::new(Opts::new("tiers_entries", "Entries per tier"), &["tier"])
-                .expect("static metric definition is valid");
-        for collector in [
-            Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(tier_bytes.clone()),
-            Box::new(tier_entries.clone()),
-        ] {
-            let _ = registry.register(collector);
-        }
-        Metrics {
-            registry,
-            events,
-            tier_bytes,
-            tier_entries,
-            seen: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn render(&self, tiers: &Tiers) -> String {
-        let (memory, disk) = (tiers.memory.stats(), tiers.disk.stats());
-        let mut totals: Vec<(&str, u64)> = Vec::with_capacity(16);
-        let local_errors = memory.errors + disk.errors;
-        match tiers.layout {
-            Layout::Local(cache) => {
-                let hybrid = cache.hybrid_stats();
-                totals.extend([
-                    ("hit_memory", hybrid.hot_hits),
-                    ("hit_disk", hybrid.cold_hits),
-                    ("miss", hybrid.misses),
-                    ("promotion", hybrid.promotions),
-                    ("promotion_skipped", hybrid.promotion_skips),
-                    ("demotion", hybrid.demotions),
-                    ("demotion_skipped", hybrid.demotion_skips),
-                    ("error", hybrid.errors + local_errors),
-                ]);
-            }
-            Layout::Shared {
-                cache,
-                lower,
-                redis,
-            } => {
-                let (outer, inner, shared) = (
-                    cache.hybrid_stats(),
-                    lower.hybrid_stats(),
-                    redis.redis_stats(),
-                );
-                totals.extend([
-                    ("hit_memory", outer.hot_hits),
-                    ("hit_disk", inner.hot_hits),
-                    ("hit_redis", inner.cold_hits),
-                    ("miss", outer.misses),
-                    ("promotion", outer.promotions + inner.promotions),
-                    (
-                        "promotion_skipped",
-                        outer.promotion_skips + inner.promotion_skips,
-                    ),
-                    ("demotion", outer.demotions + inner.demotions),
-                    (
-                        "demotion_skipped",
-                        outer.demotion_skips + inner.demotion_skips,
-                    ),
-                    (
-                        "error",
-                        outer.errors + inner.errors + local_errors + shared.tier.errors,
-                    ),
-                    ("redis_timeout", shared.timeouts),
-                    ("redis_breaker_trip", shared.breaker_trips),
-                    ("redis_breaker_refusal", shared.breaker_refusals),
-                ]);
-            }
-        }
-        totals.extend([
-            ("eviction_memory", memory.evictions),
-            ("eviction_disk", disk.evictions),
-            ("corrupt_disk", tiers.disk.corrupt_entries()),
-        ]);
-        if let Ok(mut seen) = self.seen.lock() {
-            for (event, total) in totals {
-                let before = seen.iter().find(|(e, _)| e == event).map_or(0, |(_, v)| *v);
-                self.events
-                    .with_label_values(&[event])
-                    .inc_by(total.saturating_sub(before));
-                seen.retain(|(e, _)| e != event);
-                seen.push((event.to_string(), total));
-            }
-        }
-        for (tier, stats) in [("memory", memory), ("disk", disk)] {
-            self.tier_bytes
-                .with_label_values(&[tier])
-                .set(stats.bytes as i64);
-            self.tier_entries
-                .with_label_values(&[tier])
-                .set(stats.entries as i64);
-        }
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
-    }
+/// The metrics pingora's registry holds (the tiers' among them, registered
+/// when they open), in Prometheus text format.
+fn render_metrics() -> String {
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&prometheus::default_registry().gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// A pingora server with the proxy (and, without an upstream, the demo
@@ -958,7 +856,11 @@ pub fn build(opts: &ProxyOptions, demo_origin_port: u16) -> Result<Built> {
             }
             server.add_service(pingora_core::services::background::background_service(
                 "tiers",
-                TierService { plan, slot },
+                TierService {
+                    plan,
+                    slot,
+                    label: listen.to_string(),
+                },
             ));
             CacheIn::Tiers(slot)
         }

@@ -155,6 +155,19 @@ fn tiers_options(
     }
 }
 
+/// The value of the series `name` with (at least) `labels` in Prometheus
+/// text.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .find(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
 fn sha(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
 }
@@ -262,6 +275,62 @@ fn the_proxy_caches_in_memory_and_on_disk_end_to_end() {
         assert_eq!(revalidated.body, b"revalidated body");
         assert_eq!(revalidated.cache, "revalidated");
         assert_eq!(proxy.origin.not_modified.load(Ordering::Relaxed), 1);
+
+        // /metrics: each level labelled, with this proxy's address as the
+        // cache, and the disk tier's latencies.
+        let text = String::from_utf8(get(&client, &url("/metrics"), &[]).await.body).expect("utf8");
+        let cache = proxy.base.trim_start_matches("http://").to_string();
+        let value = |name: &str, labels: &[(&str, &str)]| {
+            metric(
+                &text,
+                name,
+                &[&[("cache", cache.as_str())], labels].concat(),
+            )
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+        };
+        let memory = [("tier", "memory"), ("level", "L1")];
+        let disk = [("tier", "disk"), ("level", "L2")];
+        assert!(
+            value(
+                "tiers_lookups_total",
+                &[&memory[..], &[("result", "hit")]].concat()
+            ) >= 4.0
+        );
+        assert!(
+            value(
+                "tiers_lookups_total",
+                &[&disk[..], &[("result", "hit")]].concat()
+            ) >= 1.0
+        );
+        assert!(value("tiers_bytes", &disk) > 20.0 * 1048576.0);
+        assert!(
+            value(
+                "tiers_latency_seconds_count",
+                &[&disk[..], &[("op", "write")]].concat()
+            ) >= 4.0
+        );
+        assert!(
+            value(
+                "tiers_latency_seconds_count",
+                &[&disk[..], &[("op", "hit")]].concat()
+            ) >= 1.0
+        );
+        assert!(
+            value(
+                "tiers_events_total",
+                &[
+                    ("tier", "hybrid(memory, disk)"),
+                    ("level", "L1-L2"),
+                    ("event", "promotions_not_admitted")
+                ]
+            ) >= 1.0
+        );
+        assert!(
+            value(
+                "tiers_state",
+                &[&disk[..], &[("what", "segments")]].concat()
+            ) >= 1.0
+        );
     });
     proxy.stop();
 

@@ -60,11 +60,15 @@ mod body;
 pub mod error;
 pub mod key;
 mod plain;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
+pub mod report;
 mod stats;
 pub mod testing;
 mod tier;
 
 pub use body::{announced_body_len, seek_range, BodyHitHandler};
 pub use plain::PlainTier;
+pub use report::{Count, LatencyHistogram, LatencySnapshot, TierReport};
 pub use stats::{StatsCounters, TierStats};
 pub use tier::{Capabilities, EvictedEntry, EvictionListener, Tier};

@@ -12,6 +12,7 @@ use pingora_cache::CacheMeta;
 use pingora_error::Result;
 
 use crate::key::cache_key_from_compact;
+use crate::report::TierReport;
 use crate::stats::TierStats;
 
 /// What a storage declares it supports.
@@ -170,5 +171,12 @@ pub trait Tier: Storage + Send + Sync + 'static {
     /// A snapshot of this tier's counters. The default is all zeros.
     fn stats(&self) -> TierStats {
         TierStats::default()
+    }
+
+    /// What this tier reports to a metrics system (see [`TierReport`]):
+    /// by default its name and [`stats`](Tier::stats). Tiers add their own
+    /// counters and latencies; a composition adds its levels' reports.
+    fn report(&self) -> TierReport {
+        TierReport::new(self.tier_name(), self.stats())
     }
 }

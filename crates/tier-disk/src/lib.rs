@@ -70,4 +70,8 @@ pub use config::{DiskConfig, Durability, DIR_IN_USE};
 pub use fsio::{Controls, Event, FaultKind, FaultPlan};
 pub use read::DiskHitHandler;
 pub use storage::{DiskStats, DiskStorage};
+/// Prometheus metrics for any tier, or a whole hybrid with its levels
+/// labelled (feature `prometheus`): `prometheus::register(&registry, "edge", tier)`.
+#[cfg(feature = "prometheus")]
+pub use tier_core::prometheus;
 pub use write::DiskMissHandler;

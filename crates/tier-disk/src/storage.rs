@@ -15,7 +15,7 @@ use pingora_cache::storage::{
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheEntryId, CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
-use tier_core::{Capabilities, EvictionListener, Tier, TierStats};
+use tier_core::{Capabilities, EvictionListener, Tier, TierReport, TierStats};
 
 use crate::config::DiskConfig;
 use crate::format::{encode_meta_ref, encode_record, loc, Kind, MetaRef, RecordSpec};
@@ -229,9 +229,16 @@ impl DiskStorage {
         key: CompactCacheKey,
         id: Option<u64>,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        Ok(find(&self.store, &self.weak, key, id)
-            .await?
-            .map(|(meta, hit)| (meta, Box::new(hit) as HitHandler)))
+        let started = std::time::Instant::now();
+        let found = find(&self.store, &self.weak, key, id).await?;
+        let d = &self.store.disk;
+        let histogram = if found.is_some() {
+            &d.hit_latency
+        } else {
+            &d.miss_latency
+        };
+        histogram.record(started.elapsed());
+        Ok(found.map(|(meta, hit)| (meta, Box::new(hit) as HitHandler)))
     }
 
     /// What the index points at for `key` now: its record if it is this
@@ -496,5 +503,49 @@ impl Tier for DiskStorage {
         stats.entries = self.store.index.len() as u64;
         stats.bytes = self.used_bytes();
         stats
+    }
+
+    /// The common counters, [`DiskStats`], and hit, miss and write
+    /// latencies.
+    fn report(&self) -> TierReport {
+        let s = self.disk_stats();
+        let d = &self.store.disk;
+        TierReport::new(self.tier_name(), self.stats())
+            .counter(
+                "syncs",
+                "fdatasyncs of segment data (one per commit group)",
+                s.syncs,
+            )
+            .counter(
+                "writer_waits",
+                "Writes that waited for room in the writer's queue",
+                s.writer_waits,
+            )
+            .counter(
+                "writer_timeouts",
+                "Writes that failed with TierBusy after write_timeout",
+                s.writer_timeouts,
+            )
+            .counter(
+                "reinserted",
+                "Entries copied forward at eviction (hit since written)",
+                s.reinserted,
+            )
+            .counter(
+                "reads_nowait",
+                "Hits read on the calling thread (page cache)",
+                s.reads_nowait,
+            )
+            .counter("reads_pool", "Hits read on the blocking pool", s.reads_pool)
+            .counter("corrupt", "Entries found corrupt and removed", s.corrupt)
+            .gauge("segments", "Segment files", s.segments)
+            .gauge(
+                "index_bytes",
+                "Heap bytes of the in-memory index",
+                s.index_bytes,
+            )
+            .latency("hit", &d.hit_latency)
+            .latency("miss", &d.miss_latency)
+            .latency("write", &d.write_latency)
     }
 }

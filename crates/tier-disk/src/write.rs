@@ -271,6 +271,7 @@ impl HandleMiss for DiskMissHandler {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let started = std::time::Instant::now();
         if self.state != State::Open {
             return Err(self.closed());
         }
@@ -330,6 +331,7 @@ impl HandleMiss for DiskMissHandler {
                 self.inflight.set(Progress::Done {
                     body_len: self.body_len,
                 });
+                self.store.disk.write_latency.record(started.elapsed());
                 Ok(MissFinishType::Created((placed.len + frag_bytes) as usize))
             }
             Err(e) => {

@@ -40,6 +40,21 @@ pub(crate) struct Promotion {
     pub(crate) shared: Arc<Shared>,
     /// The key's slot.
     pub(crate) slot: u64,
+    /// Counts the promotion abandoned unless it publishes.
+    pub(crate) outcome: Unpublished,
+}
+
+/// Counts a promotion as abandoned when it is dropped before it published
+/// (its reader stopped, seeked, failed, or the key changed), whichever way
+/// it goes.
+pub(crate) struct Unpublished(pub(crate) Option<Arc<Shared>>);
+
+impl Drop for Unpublished {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            incr(&shared.counters.promotions_abandoned);
+        }
+    }
 }
 
 impl TaggedHit {
@@ -51,11 +66,10 @@ impl TaggedHit {
         })
     }
 
-    /// Stop copying: the partial copy is dropped, so the hot tier discards it.
+    /// Stop copying: the partial copy is dropped, so the hot tier discards
+    /// it (and the promotion is counted abandoned).
     fn abandon(&mut self) {
-        if let Some(promotion) = self.promotion.take() {
-            incr(&promotion.shared.counters.promotion_skips);
-        }
+        self.promotion = None;
     }
 }
 
@@ -68,6 +82,7 @@ impl Promotion {
             ticket,
             shared,
             slot,
+            mut outcome,
             ..
         } = self;
         let hot_id = hot_miss.entry_id();
@@ -88,11 +103,11 @@ impl Promotion {
             Err(_) => false,
         };
         tracing::debug!(published, "promotion into the hot tier ended");
-        incr(if published {
-            &shared.counters.promotions
-        } else {
-            &shared.counters.promotion_skips
-        });
+        if published {
+            outcome.0 = None;
+            incr(&shared.counters.promotions);
+        }
+        // Not published: `outcome` counts it abandoned as it drops.
         drop(ticket);
     }
 }
@@ -141,9 +156,8 @@ impl HandleHit for TaggedHit {
         trace: &SpanHandle,
     ) -> Result<()> {
         let this = *self;
-        if let Some(promotion) = this.promotion {
-            incr(&promotion.shared.counters.promotion_skips);
-        }
+        // A promotion still pending is abandoned (counted as it drops).
+        drop(this.promotion);
         this.inner.finish(storage, key, trace).await
     }
 

@@ -40,3 +40,7 @@ mod storage;
 pub use ids::{served_by, served_by_inner, Served};
 pub use stats::HybridStats;
 pub use storage::HybridStorage;
+/// Prometheus metrics for any tier, or a whole hybrid with its levels
+/// labelled (feature `prometheus`): `prometheus::register(&registry, "edge", tier)`.
+#[cfg(feature = "prometheus")]
+pub use tier_core::prometheus;

@@ -14,9 +14,19 @@ pub struct HybridStats {
     pub misses: u64,
     /// Cold entries copied into the hot tier.
     pub promotions: u64,
-    /// Cold hits not promoted: not admitted, already moving, over budget,
-    /// or abandoned (the reader stopped or seeked).
-    pub promotion_skips: u64,
+    /// Cold hits the promotion policy did not admit (`Promotion::Never`,
+    /// not yet the Nth hit, or over `max_promote_bytes`).
+    pub promotions_not_admitted: u64,
+    /// Cold hits admitted but not promoted because the limit on moves in
+    /// flight was reached (no move permit).
+    pub promotions_no_permit: u64,
+    /// Cold hits not promoted because the key was already moving or being
+    /// changed.
+    pub promotions_key_busy: u64,
+    /// Promotions started and given up: the reader stopped, seeked or
+    /// failed, or the key changed (a purge, a newer write) before the copy
+    /// could publish.
+    pub promotions_abandoned: u64,
     /// Hot entries copied into the cold tier (write-back).
     pub demotions: u64,
     /// Hot evictions not demoted: the key was already moving or being
@@ -39,7 +49,10 @@ pub(crate) struct Counters {
     pub(crate) cold_hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) promotions: AtomicU64,
-    pub(crate) promotion_skips: AtomicU64,
+    pub(crate) promotions_not_admitted: AtomicU64,
+    pub(crate) promotions_no_permit: AtomicU64,
+    pub(crate) promotions_key_busy: AtomicU64,
+    pub(crate) promotions_abandoned: AtomicU64,
     pub(crate) demotions: AtomicU64,
     pub(crate) demotion_skips: AtomicU64,
     pub(crate) demotions_shed: AtomicU64,
@@ -59,7 +72,10 @@ impl Counters {
             cold_hits: get(&self.cold_hits),
             misses: get(&self.misses),
             promotions: get(&self.promotions),
-            promotion_skips: get(&self.promotion_skips),
+            promotions_not_admitted: get(&self.promotions_not_admitted),
+            promotions_no_permit: get(&self.promotions_no_permit),
+            promotions_key_busy: get(&self.promotions_key_busy),
+            promotions_abandoned: get(&self.promotions_abandoned),
             demotions: get(&self.demotions),
             demotion_skips: get(&self.demotion_skips),
             demotions_shed: get(&self.demotions_shed),

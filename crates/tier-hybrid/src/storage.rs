@@ -16,14 +16,14 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheEntryId, CacheKey, CacheMeta};
 use pingora_error::Result;
 use tier_core::key::{cache_key_from_compact, cache_key_hash64, entry_hash64};
-use tier_core::{Capabilities, EvictedEntry, EvictionListener, Tier, TierStats};
+use tier_core::{Capabilities, EvictedEntry, EvictionListener, Tier, TierReport, TierStats};
 
-use crate::hit::{Promotion, TaggedHit};
+use crate::hit::{Promotion, TaggedHit, Unpublished};
 use crate::ids::{tag_id, untag_id, TierBit};
 use crate::miss::{HybridMiss, TierPair, CLIENT_TAG};
 use crate::moves::{CleanSet, MoveTicket, Moves};
 use crate::passthrough::{client_feed, ClientSlot, FeedRef, Joined};
-use crate::policy::{Admission, Pause, Policy};
+use crate::policy::{Admission, Pause, Policy, Skip};
 use crate::stats::{incr, Counters, HybridStats};
 
 /// Two storages as one: lookups try `Hot`, then `Cold`; cold hits are copied
@@ -247,7 +247,7 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
     ) -> HitHandler {
         let counters = &self.shared.counters;
         let Some(mut ticket) = ticket else {
-            incr(&counters.promotion_skips);
+            incr(&counters.promotions_key_busy);
             return TaggedHit::boxed(hit, TierBit::Cold);
         };
         let weight = hit.get_eviction_weight() as u64;
@@ -256,8 +256,11 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
             .or_else(|| tier_core::announced_body_len(meta));
         let permit = match self.shared.admission.admit_promotion(slot, size_hint) {
             Ok(permit) => permit,
-            Err(_) => {
-                incr(&counters.promotion_skips);
+            Err(skip) => {
+                incr(match skip {
+                    Skip::NotAdmitted => &counters.promotions_not_admitted,
+                    Skip::Busy => &counters.promotions_no_permit,
+                });
                 return TaggedHit::boxed(hit, TierBit::Cold);
             }
         };
@@ -276,6 +279,7 @@ impl<Hot: Tier, Cold: Tier> HybridStorage<Hot, Cold> {
                         copied: 0,
                         shared: self.shared.clone(),
                         slot,
+                        outcome: Unpublished(Some(self.shared.clone())),
                     }),
                 })
             }
@@ -948,5 +952,71 @@ impl<Hot: Tier, Cold: Tier> Tier for HybridStorage<Hot, Cold> {
         stats.rejections = hot.rejections + cold.rejections;
         stats.errors = own.errors + hot.errors + cold.errors;
         stats
+    }
+
+    /// The hybrid's own counters, then its hot and cold tiers' reports as
+    /// its levels (a hybrid below it adds its own).
+    fn report(&self) -> TierReport {
+        let own = self.hybrid_stats();
+        TierReport::new(self.tier_name(), self.stats())
+            .counter("hot_hits", "Lookups served by the hot tier", own.hot_hits)
+            .counter(
+                "cold_hits",
+                "Lookups served by the cold tier",
+                own.cold_hits,
+            )
+            .counter("misses", "Lookups neither tier served", own.misses)
+            .counter(
+                "promotions",
+                "Cold entries copied into the hot tier",
+                own.promotions,
+            )
+            .counter(
+                "promotions_not_admitted",
+                "Cold hits the promotion policy did not admit",
+                own.promotions_not_admitted,
+            )
+            .counter(
+                "promotions_no_permit",
+                "Cold hits admitted but not promoted: the limit on moves in flight was reached",
+                own.promotions_no_permit,
+            )
+            .counter(
+                "promotions_key_busy",
+                "Cold hits not promoted: the key was already moving or changing",
+                own.promotions_key_busy,
+            )
+            .counter(
+                "promotions_abandoned",
+                "Promotions given up: the reader stopped or the key changed",
+                own.promotions_abandoned,
+            )
+            .counter(
+                "demotions",
+                "Hot entries copied into the cold tier",
+                own.demotions,
+            )
+            .counter(
+                "demotion_skips",
+                "Hot evictions not demoted: the key was moving or changed",
+                own.demotion_skips,
+            )
+            .counter(
+                "demotions_shed",
+                "Hot evictions dropped: the demotion backlog was full",
+                own.demotions_shed,
+            )
+            .counter(
+                "passed_through",
+                "Misses no tier stored, served from the pass-through",
+                own.passed_through,
+            )
+            .counter(
+                "errors_absorbed",
+                "Errors of either tier the hybrid absorbed",
+                own.errors,
+            )
+            .level(self.hot.report())
+            .level(self.cold.report())
     }
 }

@@ -475,7 +475,45 @@ async fn bodies_over_the_ceiling_are_not_promoted() {
     assert!(get(f.hybrid, "big").await.is_some());
     f.hybrid.wait_for_moves().await;
     assert!(get(f.memory, "big").await.is_none());
-    assert!(f.hybrid.hybrid_stats().promotion_skips >= 1);
+    let stats = f.hybrid.hybrid_stats();
+    assert_eq!(stats.promotions_not_admitted, 1, "{stats:?}");
+    assert_eq!(stats.promotions_no_permit, 0, "{stats:?}");
+}
+
+/// Each reason a cold hit is not promoted has its own counter: no move
+/// permit (the limit on moves in flight), the key already moving, and a
+/// promotion given up because its reader stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipped_promotions_are_counted_by_reason() {
+    let f = fixture(always().max_moves_in_flight(1)).await;
+    put(f.disk, "a", &[&[1u8; 3000]]).await;
+    put(f.disk, "b", &[&[2u8; 3000]]).await;
+    // The first cold hit takes the only move permit and holds it while its
+    // body is unread.
+    let (_, held) = f
+        .hybrid
+        .lookup(&key("a"), &span())
+        .await
+        .expect("lookup")
+        .expect("hit");
+    // A second key finds no permit; the same key finds it already moving.
+    assert_eq!(get(f.hybrid, "b").await.as_deref(), Some(&[2u8; 3000][..]));
+    assert_eq!(get(f.hybrid, "a").await.as_deref(), Some(&[1u8; 3000][..]));
+    let stats = f.hybrid.hybrid_stats();
+    assert_eq!(stats.promotions_no_permit, 1, "{stats:?}");
+    assert_eq!(stats.promotions_key_busy, 1, "{stats:?}");
+    assert_eq!(stats.promotions_abandoned, 0, "{stats:?}");
+    // The held reader stops without reading: that promotion is abandoned.
+    drop(held);
+    f.hybrid.wait_for_moves().await;
+    let stats = f.hybrid.hybrid_stats();
+    assert_eq!(stats.promotions_abandoned, 1, "{stats:?}");
+    assert_eq!(stats.promotions, 0, "{stats:?}");
+    assert_eq!(stats.promotions_not_admitted, 0, "{stats:?}");
+    // With the permit back, the next cold hit promotes.
+    assert!(get(f.hybrid, "b").await.is_some());
+    f.hybrid.wait_for_moves().await;
+    assert_eq!(f.hybrid.hybrid_stats().promotions, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,6 +62,10 @@ mod striped;
 pub use config::MemoryConfig;
 pub use inflight::PartialHitHandler;
 pub use storage::MemoryStorage;
+/// Prometheus metrics for any tier, or a whole hybrid with its levels
+/// labelled (feature `prometheus`): `prometheus::register(&registry, "edge", tier)`.
+#[cfg(feature = "prometheus")]
+pub use tier_core::prometheus;
 
 #[cfg(test)]
 mod tests;

@@ -47,3 +47,7 @@ pub mod server;
 pub use config::RedisConfig;
 pub use invalidate::Invalidated;
 pub use storage::{RedisStats, RedisStorage};
+/// Prometheus metrics for any tier, or a whole hybrid with its levels
+/// labelled (feature `prometheus`): `prometheus::register(&registry, "edge", tier)`.
+#[cfg(feature = "prometheus")]
+pub use tier_core::prometheus;

@@ -111,6 +111,7 @@ impl HandleMiss for RedisMiss {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let started = std::time::Instant::now();
         if self.failed {
             return Err(tier_core::error::tier_error(
                 pingora_error::ErrorType::InternalError,
@@ -170,6 +171,7 @@ impl HandleMiss for RedisMiss {
             Ok(_) => {
                 self.published = true;
                 self.remote.counters.record_insert();
+                self.remote.write_latency.record(started.elapsed());
                 Ok(MissFinishType::Created(size))
             }
             Err(e) => {

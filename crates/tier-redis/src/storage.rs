@@ -16,7 +16,7 @@ use pingora_cache::{CacheEntryId, CacheKey, CacheMeta};
 use pingora_error::Result;
 use tier_core::error::object_too_large;
 use tier_core::key::target_parts;
-use tier_core::{BodyHitHandler, Capabilities, Tier, TierStats};
+use tier_core::{BodyHitHandler, Capabilities, Tier, TierReport, TierStats};
 
 use crate::config::RedisConfig;
 use crate::format::{
@@ -327,6 +327,7 @@ impl Storage for RedisStorage {
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let compact = key.to_compact();
         let keys = self.keys(&compact);
+        let started = std::time::Instant::now();
         let found = match self.fetch_head(&compact, &keys).await {
             Ok(found) => found,
             Err(e) => {
@@ -336,9 +337,11 @@ impl Storage for RedisStorage {
             }
         };
         let Some((head, inline)) = found else {
+            self.remote.miss_latency.record(started.elapsed());
             self.remote.counters.record_miss();
             return Ok(None);
         };
+        self.remote.hit_latency.record(started.elapsed());
         let meta = match CacheMeta::deserialize(&head.internal, &head.header) {
             Ok(meta) => meta,
             Err(e) => {
@@ -498,5 +501,28 @@ impl Tier for RedisStorage {
 
     fn stats(&self) -> TierStats {
         self.remote.counters.snapshot()
+    }
+
+    /// The common counters (no entry or byte counts: Redis holds those),
+    /// timeouts and the breaker, and hit, miss and write latencies.
+    fn report(&self) -> TierReport {
+        let s = self.redis_stats();
+        let r = &self.remote;
+        TierReport::new(self.tier_name(), s.tier)
+            .counter("timeouts", "Redis calls over the timeout", s.timeouts)
+            .counter("breaker_trips", "Times the breaker opened", s.breaker_trips)
+            .counter(
+                "breaker_refusals",
+                "Calls refused while the breaker was open",
+                s.breaker_refusals,
+            )
+            .gauge(
+                "breaker_open",
+                "1 while the breaker is open",
+                u64::from(s.breaker_open),
+            )
+            .latency("hit", &r.hit_latency)
+            .latency("miss", &r.miss_latency)
+            .latency("write", &r.write_latency)
     }
 }
