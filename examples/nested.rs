@@ -1,7 +1,8 @@
 //! Shows hybrids nesting: memory over disk over another tier, three tiers as
 //! one `Storage`: `HybridStorage<MemoryStorage, HybridStorage<DiskStorage,
 //! PlainTier<MemCache>>>`. pingora's `MemCache`, wrapped in `PlainTier`,
-//! stands in for a shared remote tier (tier-redis will plug in the same way).
+//! stands in for a shared remote tier (tier-redis plugs in the same way: the
+//! proxy example's `--redis` layout is memory over disk over Redis).
 //! A write reaches all three tiers; after memory and disk lose the entry, it
 //! is served from the third tier and copied back up as it streams.
 //!

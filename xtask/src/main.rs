@@ -2,13 +2,14 @@
 //!
 //! - `cargo xtask ci`: every check CI runs, in order, stopping at the first
 //!   failure: build prerequisites, fmt, clippy, tests, docs, the crate layering
-//!   rules, and cargo-deny.
+//!   rules, the README's first example against its file, and cargo-deny.
 //! - `cargo xtask bench [--quick] [ARGS]`: the benchmark report (`tier-bench`),
 //!   built in release mode with the peers enabled.
 //!
 //! This crate uses only the standard library, so it builds in seconds.
 
 mod layering;
+mod readme;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -22,8 +23,9 @@ fn main() -> ExitCode {
         Some("ci") => ci(&root),
         Some("bench") => bench(&root, &args[1..]),
         Some("layering") => layering::check(&root),
+        Some("readme") => readme::check(&root),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick] [ARGS] | layering>");
+            eprintln!("usage: cargo xtask <ci | bench [--quick] [ARGS] | layering | readme>");
             return ExitCode::from(2);
         }
     };
@@ -176,6 +178,7 @@ fn ci(root: &Path) -> Result<(), String> {
         )
     })?;
     step("layering", || layering::check(root))?;
+    step("readme", || readme::check(root))?;
     step("deny", || deny(root, &cargo))?;
     println!(
         "xtask ci: all steps passed in {:.1}s",

@@ -20,6 +20,7 @@ mod hybrid_bench;
 mod latency;
 mod micro;
 mod plots;
+mod progress;
 mod proxy_bench;
 mod redis_bench;
 mod report;
@@ -156,6 +157,11 @@ fn main() {
         seed: 1,
     };
     let run = |section: &str| args.only.as_deref().is_none_or(|only| only == section);
+    // Each section says on stderr when it starts and about how long it takes.
+    let mut progress = progress::Progress::new(&args.out, args.quick);
+    if run("hit") {
+        progress.start("hit");
+    }
     let trace = Arc::new(hot.trace(scale.n_ops));
     let scenarios = [
         (
@@ -190,6 +196,7 @@ fn main() {
     }
 
     if run("latency") {
+        progress.start("latency");
         let latency_dir = args.out.join("latency");
         if std::fs::create_dir_all(&latency_dir).is_ok() {
             report.push_str(&latency::section(&rt, &latency_dir, args.quick));
@@ -225,6 +232,9 @@ fn main() {
             seed: 5,
         },
     ];
+    if run("insert") {
+        progress.start("insert");
+    }
     for workload in insert_workloads.iter().filter(|_| run("insert")) {
         let mut rows = Vec::new();
         for (name, storage) in memory_storages(scale, args.storage.as_deref()) {
@@ -242,11 +252,13 @@ fn main() {
     let small = &insert_workloads[0];
 
     if run("ratio") {
+        progress.start("ratio");
         report.push_str(&hit_ratio_section(&rt, scale, &plots));
         report.push_str(&mixed_size_section(&rt, args.quick, &plots));
     }
 
     if run("ttfb") {
+        progress.start("ttfb");
         let ttfb_dir = args.out.join("ttfb");
         if std::fs::create_dir_all(&ttfb_dir).is_ok() {
             report.push_str(&ttfb::section(&rt, &ttfb_dir, args.quick));
@@ -255,6 +267,7 @@ fn main() {
     }
 
     if run("disk") {
+        progress.start("disk");
         let disk_dir = args.out.join("disk-tier");
         if std::fs::create_dir_all(&disk_dir).is_ok() {
             report.push_str(&disk_bench::section(&rt, &disk_dir, args.quick, TASKS));
@@ -263,6 +276,7 @@ fn main() {
     }
 
     if run("hybrid") {
+        progress.start("hybrid");
         let hybrid_dir = args.out.join("hybrid");
         if std::fs::create_dir_all(&hybrid_dir).is_ok() {
             report.push_str(&hybrid_bench::section(&rt, &hybrid_dir, args.quick));
@@ -271,6 +285,7 @@ fn main() {
     }
 
     if run("proxy") {
+        progress.start("proxy");
         let proxy_dir = args.out.join("proxy");
         if std::fs::create_dir_all(&proxy_dir).is_ok() {
             report.push_str(&proxy_bench::section(&rt, &proxy_dir, args.quick));
@@ -279,6 +294,7 @@ fn main() {
     }
 
     if run("redis") {
+        progress.start("redis");
         let redis_dir = args.out.join("redis");
         if std::fs::create_dir_all(&redis_dir).is_ok() {
             report.push_str(&redis_bench::section(
@@ -289,6 +305,7 @@ fn main() {
     }
 
     if run("raw") {
+        progress.start("raw");
         let raw_dir = args.out.join("raw-disk");
         let raw = std::fs::create_dir_all(&raw_dir)
             .and_then(|_| disk_raw::measure(&raw_dir, small, scale.raw_files));
@@ -299,6 +316,7 @@ fn main() {
         std::fs::remove_dir_all(&raw_dir).ok();
     }
 
+    progress.end();
     report.push_str(&format!(
         "\nTotal time: {:.1}s\n",
         started.elapsed().as_secs_f64()

@@ -62,10 +62,10 @@ impl Drop for Proxy {
 
 /// A value of a `tiers_events_total{event="NAME"}` line of `/metrics`.
 fn metric(text: &str, event: &str) -> u64 {
-    let key = format!("tiers_events_total{{event=\"{event}\"}}");
+    let label = format!("event=\"{event}\"");
     text.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
+        .filter(|l| l.starts_with("tiers_events_total{") && l.contains(&label))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0)
 }
 
@@ -133,6 +133,23 @@ fn measure(
                 return Err("the proxy did not start listening".to_string());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The tiers open in a service once the server runs; until then
+        // requests pass uncached. They are open when their metrics appear.
+        if !flags.contains(&"memcache") {
+            loop {
+                let text = match client.get(format!("{base}/metrics")).send().await {
+                    Ok(resp) => resp.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                if text.contains("tiers_entries") {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    return Err("the proxy's tiers did not open".to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         // Every object twice: a miss, then a hit (settled in its tier).
         for _ in 0..2 {
@@ -204,8 +221,8 @@ fn measure(
         rps,
         p99_ms,
         cpu_us_per_request: cpu_s * 1e6 / requests.max(1) as f64,
-        disk_hits: metric(&after_metrics, "hit_disk") - metric(&metrics, "hit_disk"),
-        memory_hits: metric(&after_metrics, "hit_memory") - metric(&metrics, "hit_memory"),
+        disk_hits: metric(&after_metrics, "cold_hits") - metric(&metrics, "cold_hits"),
+        memory_hits: metric(&after_metrics, "hot_hits") - metric(&metrics, "hot_hits"),
     })
 }
 

@@ -276,3 +276,8 @@ fn panic_text(join: tokio::task::JoinError) -> String {
         "non-text panic payload".to_string()
     }
 }
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -72,3 +72,8 @@ pub use plain::PlainTier;
 pub use report::{Count, LatencyHistogram, LatencySnapshot, TierReport};
 pub use stats::{StatsCounters, TierStats};
 pub use tier::{Capabilities, EvictedEntry, EvictionListener, Tier};
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

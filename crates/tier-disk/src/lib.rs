@@ -75,3 +75,8 @@ pub use storage::{DiskStats, DiskStorage};
 #[cfg(feature = "prometheus")]
 pub use tier_core::prometheus;
 pub use write::DiskMissHandler;
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

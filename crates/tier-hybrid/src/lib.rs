@@ -44,3 +44,8 @@ pub use storage::HybridStorage;
 /// labelled (feature `prometheus`): `prometheus::register(&registry, "edge", tier)`.
 #[cfg(feature = "prometheus")]
 pub use tier_core::prometheus;
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

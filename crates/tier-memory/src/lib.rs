@@ -69,3 +69,8 @@ pub use tier_core::prometheus;
 
 #[cfg(test)]
 mod tests;
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -51,3 +51,6 @@ pub use storage::{RedisStats, RedisStorage};
 /// labelled (feature `prometheus`): `prometheus::register(&registry, "edge", tier)`.
 #[cfg(feature = "prometheus")]
 pub use tier_core::prometheus;
+
+// The README's example composes this tier with memory and disk, which this
+// crate may not depend on: the `examples` package compiles it.
