@@ -6,7 +6,7 @@
 //! Prometheus format.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -81,10 +81,16 @@ pub struct ProxyOptions {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:6188")]
     pub listen: String,
-    /// Upstream origin, `host:port` (a name is resolved at start), plain
-    /// HTTP. Without it, a demo origin starts on a loopback port.
+    /// Upstream origin: `host:port` or `http://host:port` for plain HTTP,
+    /// `https://host[:port]` for TLS (with the `tls` feature); a name is
+    /// resolved at start. Without it, a demo origin starts on a loopback
+    /// port.
     #[arg(long)]
     pub upstream: Option<String>,
+    /// PEM certificates to trust for an `https://` upstream instead of the
+    /// system's (a private CA, or a self-signed origin).
+    #[arg(long)]
+    pub upstream_ca: Option<PathBuf>,
     /// Cache directory (created if missing).
     #[arg(long, default_value = "target/proxy-cache")]
     pub cache_dir: PathBuf,
@@ -530,33 +536,100 @@ impl CacheIn {
     }
 }
 
-/// The origin: its address, and its name as given.
+/// The origin: its address, its name as given, and whether it speaks TLS.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     /// Where to connect.
     pub addr: SocketAddr,
     /// The `host:port` it was given as (or the address).
     pub name: String,
+    /// An `https://` origin: TLS to it, with its host name as SNI and the
+    /// name its certificate is checked against.
+    pub tls: bool,
+    /// Certificates to trust for it instead of the system's.
+    pub ca: Option<Arc<TlsCa>>,
 }
 
+/// What pingora's TLS takes as the certificates to trust.
+#[cfg(feature = "tls")]
+pub type TlsCa = pingora_core::protocols::tls::CaType;
+/// Without TLS there is nothing to trust.
+#[cfg(not(feature = "tls"))]
+pub type TlsCa = ();
+
 impl Upstream {
-    /// Resolve `host:port` (a name or an address) to its first address.
-    pub fn resolve(name: &str) -> Result<Upstream> {
+    /// A plain HTTP origin at `addr`.
+    pub fn plain(addr: SocketAddr) -> Upstream {
+        Upstream {
+            addr,
+            name: addr.to_string(),
+            tls: false,
+            ca: None,
+        }
+    }
+
+    /// Resolve `host:port`, `http://host:port` or `https://host[:port]` (a
+    /// name or an address) to its first address.
+    pub fn resolve(given: &str) -> Result<Upstream> {
         let bad = |why: String| {
             pingora_error::Error::explain(
                 pingora_error::ErrorType::InvalidHTTPHeader,
-                format!("--upstream {name}: {why}"),
+                format!("--upstream {given}: {why}"),
             )
         };
-        let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(name)
+        let (tls, rest) = match given.split_once("://") {
+            Some(("https", rest)) => (true, rest),
+            Some(("http", rest)) => (false, rest),
+            Some((scheme, _)) => return Err(bad(format!("{scheme}:// is not http or https"))),
+            None => (false, given),
+        };
+        let rest = rest.trim_end_matches('/');
+        if tls && !cfg!(feature = "tls") {
+            return Err(bad(
+                "this proxy was built without TLS: build it with `--features tls`".to_string(),
+            ));
+        }
+        let name = match (tls, rest.rsplit_once(':')) {
+            (_, Some((_, port))) if port.parse::<u16>().is_ok() => rest.to_string(),
+            (true, _) => format!("{rest}:443"),
+            (false, _) => format!("{rest}:80"),
+        };
+        let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(name.as_str())
             .map_err(|e| bad(format!("cannot resolve it ({e}); give host:port")))?;
         let addr = addrs
             .next()
             .ok_or_else(|| bad("the name has no address".to_string()))?;
         Ok(Upstream {
             addr,
-            name: name.to_string(),
+            name,
+            tls,
+            ca: None,
         })
+    }
+
+    /// Trust the PEM certificates in `path` (instead of the system's).
+    pub fn trusting(mut self, path: &Path) -> Result<Upstream> {
+        let bad = |why: String| {
+            pingora_error::Error::explain(
+                pingora_error::ErrorType::FileReadError,
+                format!("--upstream-ca {}: {why}", path.display()),
+            )
+        };
+        if !self.tls {
+            return Err(bad("only an https:// upstream uses it".to_string()));
+        }
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        self.ca = Some(Arc::new(parse_ca(&pem).map_err(bad)?));
+        Ok(self)
+    }
+
+    /// The host part of the name: SNI and the certificate's name for TLS.
+    pub fn host(&self) -> &str {
+        let host = self
+            .name
+            .rsplit_once(':')
+            .map_or(self.name.as_str(), |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
     }
 }
 
@@ -616,11 +689,18 @@ impl ProxyHttp for CachingProxy {
         _session: &mut Session,
         _ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(
-            self.upstream.addr,
-            false,
-            String::new(),
-        )))
+        let sni = if self.upstream.tls {
+            self.upstream.host().to_string()
+        } else {
+            String::new()
+        };
+        #[allow(unused_mut)] // set only with TLS
+        let mut peer = HttpPeer::new(self.upstream.addr, self.upstream.tls, sni);
+        #[cfg(feature = "tls")]
+        if let Some(ca) = &self.upstream.ca {
+            peer.options.ca = Some(ca.clone());
+        }
+        Ok(Box::new(peer))
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
@@ -822,6 +902,10 @@ pub fn build(opts: &ProxyOptions, demo_origin_port: u16) -> Result<Built> {
         .as_deref()
         .map(Upstream::resolve)
         .transpose()?;
+    let upstream = match (upstream, &opts.upstream_ca) {
+        (Some(upstream), Some(ca)) => Some(upstream.trusting(ca)?),
+        (upstream, _) => upstream,
+    };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     // With -t this checks the configuration and exits; with -u it takes
     // the listening sockets over from the running proxy.
@@ -841,8 +925,7 @@ pub fn build(opts: &ProxyOptions, demo_origin_port: u16) -> Result<Built> {
                 pingora_core::services::listening::Service::new("demo origin".into(), app);
             service.add_tcp(&addr.to_string());
             server.add_service(service);
-            let name = addr.to_string();
-            (Upstream { addr, name }, Some(counters))
+            (Upstream::plain(addr), Some(counters))
         }
     };
     let slot: Option<&'static TierSlot> = plan.as_ref().map(|_| &*Box::leak(Box::default()));
@@ -889,6 +972,21 @@ pub fn build(opts: &ProxyOptions, demo_origin_port: u16) -> Result<Built> {
     })
 }
 
+/// PEM certificates, as pingora's TLS takes them.
+#[cfg(feature = "tls")]
+fn parse_ca(pem: &[u8]) -> std::result::Result<TlsCa, String> {
+    let certs = pingora_core::tls::x509::X509::stack_from_pem(pem).map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no certificate in it".to_string());
+    }
+    Ok(certs.into_boxed_slice())
+}
+
+#[cfg(not(feature = "tls"))]
+fn parse_ca(_pem: &[u8]) -> std::result::Result<TlsCa, String> {
+    Err("this proxy was built without TLS: build it with `--features tls`".to_string())
+}
+
 /// pingora's `Opt` has no `Clone`.
 fn opt_copy(opt: &Opt) -> Opt {
     Opt {
@@ -924,7 +1022,11 @@ fn resolve_listen(listen: &str, upgrade: bool) -> Result<SocketAddr> {
 /// What the proxy prints once it listens.
 fn banner(opts: &ProxyOptions, listen: SocketAddr, upstream: &Upstream, demo: bool) -> String {
     use std::fmt::Write as _;
-    let mut out = format!("tiers proxy on http://{listen} -> {}\n", upstream.name);
+    let scheme = if upstream.tls { "https" } else { "http" };
+    let mut out = format!(
+        "tiers proxy on http://{listen} -> {scheme}://{}\n",
+        upstream.name
+    );
     let _ = match opts.storage {
         StorageArg::Memcache => writeln!(
             out,

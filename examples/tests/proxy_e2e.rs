@@ -548,6 +548,19 @@ fn bad_flags_are_clear_errors_and_a_host_name_upstream_resolves() {
         ..base()
     });
     assert!(got.contains("--upstream no-such-host.invalid:80"), "{got}");
+    let got = message(ProxyOptions {
+        upstream: Some("ftp://origin:21".into()),
+        ..base()
+    });
+    assert!(got.contains("not http or https"), "{got}");
+    #[cfg(not(feature = "tls"))]
+    {
+        let got = message(ProxyOptions {
+            upstream: Some("https://localhost:443".into()),
+            ..base()
+        });
+        assert!(got.contains("--features tls"), "{got}");
+    }
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").expect("write");
     let got = message(ProxyOptions {
@@ -573,4 +586,109 @@ fn bad_flags_are_clear_errors_and_a_host_name_upstream_resolves() {
     });
     proxy.stop();
     origin.stop();
+}
+
+/// An `https://` origin (pingora serving the demo origin over TLS with a
+/// self-signed certificate for `localhost`): fetched over TLS, cached, its
+/// certificate checked against `--upstream-ca` (without it, the proxy
+/// refuses the origin and nothing is served or cached).
+#[cfg(feature = "tls")]
+#[test]
+fn an_https_origin_is_fetched_over_tls_and_its_certificate_checked() {
+    use pingora_core::server::Server;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(made.status.success(), "openssl: {made:?}");
+
+    // The origin, over TLS only.
+    let port = free_port().expect("port");
+    // No grace period when it stops (pingora's default waits 300 s).
+    let conf = pingora_core::server::configuration::ServerConf {
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let app = examples::origin::DemoOrigin::default();
+    let counters = app.counters.clone();
+    let mut service = pingora_core::services::listening::Service::new("tls origin".into(), app);
+    service
+        .add_tls(
+            &format!("127.0.0.1:{port}"),
+            cert.to_str().expect("path"),
+            key.to_str().expect("path"),
+        )
+        .expect("tls listener");
+    server.add_service(service);
+    let (stop, rx) = oneshot::channel();
+    let origin = std::thread::spawn(move || {
+        server.run(RunArgs {
+            shutdown_signal: Box::new(StopSignal(Mutex::new(Some(rx)))),
+        })
+    });
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+
+    let (rt, client) = runtime_and_client();
+    let upstream = format!("https://localhost:{port}");
+    // Trusting the origin's certificate: a miss over TLS, then a hit.
+    let proxy = Running::start(&ProxyOptions {
+        upstream: Some(upstream.clone()),
+        upstream_ca: Some(cert.clone()),
+        ..tiers_options(dir.path(), 8, 64, WriteArg::Through)
+    });
+    rt.block_on(async {
+        let url = format!("{}/bytes/5000", proxy.base);
+        let first = get(&client, &url, &[]).await;
+        assert_eq!((first.status, first.cache.as_str()), (200, "miss"));
+        assert_eq!(sha(&first.body), sha(&demo_body(5000)));
+        let second = get(&client, &url, &[]).await;
+        assert_eq!((second.cache.as_str(), second.body.len()), ("hit", 5000));
+    });
+    assert_eq!(counters.requests.load(Ordering::Relaxed), 1);
+    proxy.stop();
+
+    // Not trusting it (the system's roots do not know it): refused.
+    let proxy = Running::start(&ProxyOptions {
+        upstream: Some(upstream),
+        cache_dir: dir.path().join("untrusting"),
+        ..tiers_options(dir.path(), 8, 64, WriteArg::Through)
+    });
+    rt.block_on(async {
+        let got = get(&client, &format!("{}/bytes/6000", proxy.base), &[]).await;
+        assert!(
+            got.status >= 500,
+            "an untrusted origin served: {}",
+            got.status
+        );
+    });
+    assert_eq!(
+        counters.requests.load(Ordering::Relaxed),
+        1,
+        "no request reached it"
+    );
+    proxy.stop();
+    let _ = stop.send(());
+    let _ = origin.join();
 }

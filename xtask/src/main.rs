@@ -97,10 +97,21 @@ fn is_root() -> bool {
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
+/// Whether `needed` is there: a program on PATH, or (starting with `/`) a
+/// file, such as a library's header.
+fn present(needed: &str) -> bool {
+    if needed.starts_with('/') {
+        Path::new(needed).exists()
+    } else {
+        have(needed)
+    }
+}
+
 /// Install a Debian package when running as root on Debian; otherwise fail
-/// with the exact command the user must run.
+/// with the exact command the user must run. `program` is a program the
+/// package provides, or the absolute path of a file it installs.
 fn ensure_debian_package(root: &Path, program: &str, package: &str) -> Result<(), String> {
-    if have(program) {
+    if present(program) {
         println!("    {program}: found");
         return Ok(());
     }
@@ -119,7 +130,7 @@ fn ensure_debian_package(root: &Path, program: &str, package: &str) -> Result<()
         &["install", "-y", "-qq", package],
         &[("DEBIAN_FRONTEND", "noninteractive")],
     )?;
-    if have(program) {
+    if present(program) {
         Ok(())
     } else {
         Err(format!(
@@ -129,14 +140,18 @@ fn ensure_debian_package(root: &Path, program: &str, package: &str) -> Result<()
 }
 
 /// cmake for pingora's zlib-ng; redis-server (and redis-cli) for the Redis
-/// tier's tests, benchmarks and examples, which start their own servers.
+/// tier's tests, benchmarks and examples, which start their own servers;
+/// OpenSSL's headers and pkg-config for the proxy example's `tls` feature.
 fn prerequisites(root: &Path) -> Result<(), String> {
     step(
-        "prerequisites (cmake for pingora's zlib-ng, redis-server for tier-redis)",
+        "prerequisites (cmake for pingora's zlib-ng, redis-server for tier-redis, libssl-dev for the proxy's TLS)",
         || {
             ensure_debian_package(root, "cmake", "cmake")?;
             ensure_debian_package(root, "redis-server", "redis-server")?;
-            ensure_debian_package(root, "redis-cli", "redis-tools")
+            ensure_debian_package(root, "redis-cli", "redis-tools")?;
+            ensure_debian_package(root, "pkg-config", "pkg-config")?;
+            ensure_debian_package(root, "/usr/include/openssl/ssl.h", "libssl-dev")?;
+            ensure_debian_package(root, "openssl", "openssl")
         },
     )
 }
@@ -168,6 +183,42 @@ fn ci(root: &Path) -> Result<(), String> {
         run(root, &cargo, &["test", "--workspace"], &[])?;
         left_behind(&before, "redis-server")
     })?;
+    step(
+        "tls (the proxy example with pingora's OpenSSL: HTTPS origins)",
+        || {
+            run(
+                root,
+                &cargo,
+                &[
+                    "clippy",
+                    "-p",
+                    "examples",
+                    "--features",
+                    "tls",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+                &[],
+            )?;
+            run(
+                root,
+                &cargo,
+                &[
+                    "test",
+                    "-p",
+                    "examples",
+                    "--features",
+                    "tls",
+                    "--test",
+                    "proxy_e2e",
+                    "https",
+                ],
+                &[],
+            )
+        },
+    )?;
     step("doc", || {
         run(
             root,

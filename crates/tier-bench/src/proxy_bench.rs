@@ -226,6 +226,33 @@ fn measure(
     })
 }
 
+/// Each figure's median over `loads` (per field), or `None` if empty.
+fn median(loads: &[Load]) -> Option<Load> {
+    fn mid(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+    if loads.is_empty() {
+        return None;
+    }
+    let field = |f: fn(&Load) -> f64| mid(loads.iter().map(f).collect());
+    Some(Load {
+        rps: field(|l| l.rps),
+        p99_ms: field(|l| l.p99_ms),
+        cpu_us_per_request: field(|l| l.cpu_us_per_request),
+        disk_hits: field(|l| l.disk_hits as f64) as u64,
+        memory_hits: field(|l| l.memory_hits as f64) as u64,
+    })
+}
+
+/// The range of CPU per request over `loads`, as "low–high".
+fn spread(loads: &[Load]) -> String {
+    let cpu = loads.iter().map(|l| l.cpu_us_per_request);
+    let low = cpu.clone().fold(f64::INFINITY, f64::min);
+    let high = cpu.fold(0.0, f64::max);
+    format!("{low:.1}–{high:.1}")
+}
+
 /// The proxy section of the report.
 pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
     let mut out = String::new();
@@ -235,6 +262,7 @@ pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
             .to_string();
     };
     let seconds = if quick { 3 } else { 8 };
+    let rounds = if quick { 1 } else { 3 };
     let _ = writeln!(
         out,
         "### The proxy pinned, with wrk: CPU per request\n\n\
@@ -242,8 +270,10 @@ pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
          pinned to core 1, GETs spread over {OBJECTS} objects fetched twice before (a miss, then a \
          hit); the proxy's CPU time (user + system, `/proc/PID/stat`) divided by the requests \
          wrk counted. Disk hits: a 1 MiB memory tier with promotion off (the tier counters say how \
-         many hits came from disk). Ratios divide by MemCache's CPU per request.\n\n\
-         | body | configuration | requests/s | p99 ms | proxy CPU µs per request | disk hits / hits | CPU ratio vs MemCache |\n\
+         many hits came from disk). The configurations run interleaved, {rounds} round(s); each \
+         figure is the median of the rounds, the CPU's range in brackets. Ratios divide by \
+         MemCache's median CPU per request.\n\n\
+         | body | configuration | requests/s | p99 ms | proxy CPU µs per request (range) | disk hits / hits | CPU ratio vs MemCache |\n\
          |---|---|---:|---:|---:|---:|---:|"
     );
     let sizes: &[usize] = if quick {
@@ -269,39 +299,51 @@ pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
             ],
         ),
     ];
+    // Configurations interleaved, several rounds: the machine's noise drifts
+    // over seconds, so each configuration sees the same spread of it, and
+    // the table gives each figure's median.
+    let rounds = if quick { 1 } else { 3 };
     let mut per_size = Vec::new();
     for &size in sizes {
-        let mut base = None;
-        let mut cpu = Vec::new();
-        for (label, flags) in runs {
-            match measure(rt, &binary, dir, size, flags, seconds) {
-                Ok(load) => {
-                    cpu.push(load.cpu_us_per_request);
-                    let ratio =
-                        load.cpu_us_per_request / *base.get_or_insert(load.cpu_us_per_request);
-                    let hits = load.disk_hits + load.memory_hits;
-                    let share = if hits == 0 {
-                        "-".to_string()
-                    } else {
-                        format!("{:.0}%", 100.0 * load.disk_hits as f64 / hits as f64)
-                    };
-                    let _ = writeln!(
-                        out,
-                        "| {} KiB | {label} | {:.0} | {:.2} | {:.1} | {share} | {ratio:.2}× |",
-                        size >> 10,
-                        load.rps,
-                        load.p99_ms,
-                        load.cpu_us_per_request
-                    );
-                }
-                Err(e) => {
-                    let _ = writeln!(
-                        out,
-                        "| {} KiB | {label} | not measured: {e} | | | | |",
-                        size >> 10
-                    );
+        let mut loads: Vec<Vec<Load>> = vec![Vec::new(); runs.len()];
+        let mut failed: Vec<Option<String>> = vec![None; runs.len()];
+        for _ in 0..rounds {
+            for (i, (_, flags)) in runs.iter().enumerate() {
+                match measure(rt, &binary, dir, size, flags, seconds) {
+                    Ok(load) => loads[i].push(load),
+                    Err(e) => failed[i] = Some(e),
                 }
             }
+        }
+        let mut base = None;
+        let mut cpu = Vec::new();
+        for (i, (label, _)) in runs.iter().enumerate() {
+            let Some(load) = median(&loads[i]) else {
+                let why = failed[i].as_deref().unwrap_or("no figures");
+                let _ = writeln!(
+                    out,
+                    "| {} KiB | {label} | not measured: {why} | | | | |",
+                    size >> 10
+                );
+                continue;
+            };
+            cpu.push(load.cpu_us_per_request);
+            let ratio = load.cpu_us_per_request / *base.get_or_insert(load.cpu_us_per_request);
+            let hits = load.disk_hits + load.memory_hits;
+            let share = if hits == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.0}%", 100.0 * load.disk_hits as f64 / hits as f64)
+            };
+            let spread = spread(&loads[i]);
+            let _ = writeln!(
+                out,
+                "| {} KiB | {label} | {:.0} | {:.2} | {:.1} ({spread}) | {share} | {ratio:.2}× |",
+                size >> 10,
+                load.rps,
+                load.p99_ms,
+                load.cpu_us_per_request
+            );
         }
         if let [_, memory, disk] = cpu[..] {
             per_size.push(format!(
@@ -332,10 +374,11 @@ mod tests {
 
     #[test]
     fn reads_a_metric_line() {
-        let text = "tiers_events_total{event=\"hit_disk\"} 12\ntiers_events_total{event=\"hit_memory\"} 3\n";
-        assert_eq!(metric(text, "hit_disk"), 12);
-        assert_eq!(metric(text, "hit_memory"), 3);
-        assert_eq!(metric(text, "miss"), 0);
+        let text = "tiers_events_total{cache=\"127.0.0.1:1\",event=\"cold_hits\",level=\"L1-L2\",tier=\"hybrid(memory, disk)\"} 12\n\
+                    tiers_events_total{cache=\"127.0.0.1:1\",event=\"hot_hits\",level=\"L1-L2\",tier=\"hybrid(memory, disk)\"} 3\n";
+        assert_eq!(metric(text, "cold_hits"), 12);
+        assert_eq!(metric(text, "hot_hits"), 3);
+        assert_eq!(metric(text, "misses"), 0);
     }
 
     #[test]
