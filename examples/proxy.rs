@@ -23,8 +23,13 @@ fn main() {
             std::process::exit(1);
         }
     };
-    // Prints the banner once listening; on SIGTERM, stops gracefully and
-    // closes the disk tier; on SIGQUIT, hands its sockets to a new process
-    // started with -u.
-    built.server.run_forever();
+    // Prints the banner once listening; stops on SIGTERM (gracefully),
+    // SIGINT (at once) or SIGQUIT (handing its sockets to a new process
+    // started with -u); then closes the disk tier.
+    let tiers = built.tiers;
+    built.server.run(pingora_core::server::RunArgs::default());
+    if let Some(tiers) = tiers {
+        tiers.close();
+    }
+    std::process::exit(0)
 }

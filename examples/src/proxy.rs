@@ -288,6 +288,25 @@ impl TierSlot {
         self.0.get().copied()
     }
 
+    /// Close the disk tier, if open: seal the segment being written (so the
+    /// next open reads summaries only) and let go of the directory (so a
+    /// process taking over can open it). Blocking; call it once
+    /// `Server::run` has returned, when no request runs any more.
+    pub fn close(&self) {
+        let Some(tiers) = self.get() else { return };
+        let closed = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(tiers.disk.close()).map_err(|e| explain(&e)));
+        match closed {
+            Ok(()) => tracing::info!("disk tier closed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "disk tier not closed; the next open scans its last segment")
+            }
+        }
+    }
+
     /// Wait (blocking, up to `timeout`) for the tiers to open.
     pub fn wait(&self, timeout: Duration) -> Option<Tiers> {
         let started = Instant::now();
@@ -303,8 +322,8 @@ impl TierSlot {
     }
 }
 
-/// Opens the tiers when the server starts, and closes the disk tier (sealing
-/// the segment being written) when it stops gracefully (SIGTERM).
+/// Opens the tiers when the server starts (see [`TierSlot::close`] for the
+/// other end).
 struct TierService {
     plan: TierPlan,
     slot: &'static TierSlot,
@@ -314,7 +333,7 @@ struct TierService {
 
 #[async_trait]
 impl pingora_core::services::background::BackgroundService for TierService {
-    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+    async fn start(&self, _shutdown: pingora_core::server::ShutdownWatch) {
         let plan = self.plan.clone();
         let opened = tokio::task::spawn_blocking(move || plan.open()).await;
         let tiers = match opened {
@@ -333,13 +352,9 @@ impl pingora_core::services::background::BackgroundService for TierService {
             tracing::warn!(error = %e, "tier metrics not registered");
         }
         let _ = self.slot.0.set(tiers);
-        let _ = shutdown.changed().await;
-        match tiers.disk.close().await {
-            Ok(()) => tracing::info!("disk tier closed"),
-            Err(e) => {
-                tracing::warn!(error = %e, "disk tier not closed; the next open scans its last segment")
-            }
-        }
+        // Closing is not done here: pingora drops its runtimes' tasks as it
+        // stops, so a close begun here could be cut short. `TierSlot::close`
+        // runs after `Server::run` returns.
     }
 }
 

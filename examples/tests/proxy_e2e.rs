@@ -50,7 +50,11 @@ impl Running {
         let thread = std::thread::spawn(move || {
             server.run(RunArgs {
                 shutdown_signal: Box::new(StopSignal(Mutex::new(Some(rx)))),
-            })
+            });
+            // As the proxy example's main does.
+            if let Some(slot) = slot {
+                slot.close();
+            }
         });
         // Wait (bounded) until the proxy accepts connections.
         let addr = opts.listen.clone();
