@@ -19,6 +19,8 @@ struct Load {
     rps: f64,
     p99_ms: f64,
     cpu_us_per_request: f64,
+    /// Of which in user space (the rest is the kernel's: sockets, copies).
+    user_us_per_request: f64,
     disk_hits: u64,
     memory_hits: u64,
 }
@@ -30,14 +32,15 @@ fn proxy_binary() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-/// The proxy's user + system CPU time so far, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+/// The proxy's user and user + system CPU time so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold
     // spaces: state is the first, utime the 12th, stime the 13th.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    let user = fields.get(11)?.parse::<u64>().ok()?;
+    Some((user, user + fields.get(12)?.parse::<u64>().ok()?))
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -216,11 +219,13 @@ fn measure(
                 .ok()
         })
         .unwrap_or_default();
-    let cpu_s = (after - before) as f64 / clock_ticks_per_second();
+    let per_request =
+        |ticks: u64| ticks as f64 / clock_ticks_per_second() * 1e6 / requests.max(1) as f64;
     Ok(Load {
         rps,
         p99_ms,
-        cpu_us_per_request: cpu_s * 1e6 / requests.max(1) as f64,
+        cpu_us_per_request: per_request(after.1 - before.1),
+        user_us_per_request: per_request(after.0 - before.0),
         disk_hits: metric(&after_metrics, "cold_hits") - metric(&metrics, "cold_hits"),
         memory_hits: metric(&after_metrics, "hot_hits") - metric(&metrics, "hot_hits"),
     })
@@ -240,6 +245,7 @@ fn median(loads: &[Load]) -> Option<Load> {
         rps: field(|l| l.rps),
         p99_ms: field(|l| l.p99_ms),
         cpu_us_per_request: field(|l| l.cpu_us_per_request),
+        user_us_per_request: field(|l| l.user_us_per_request),
         disk_hits: field(|l| l.disk_hits as f64) as u64,
         memory_hits: field(|l| l.memory_hits as f64) as u64,
     })
@@ -272,9 +278,10 @@ pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
          wrk counted. Disk hits: a 1 MiB memory tier with promotion off (the tier counters say how \
          many hits came from disk). The configurations run interleaved, {rounds} round(s); each \
          figure is the median of the rounds, the CPU's range in brackets. Ratios divide by \
-         MemCache's median CPU per request.\n\n\
-         | body | configuration | requests/s | p99 ms | proxy CPU µs per request (range) | disk hits / hits | CPU ratio vs MemCache |\n\
-         |---|---|---:|---:|---:|---:|---:|"
+         MemCache's median CPU per request; the last column divides the user-space part alone (the \
+         kernel's share, sockets and copies, is the same work in every configuration).\n\n\
+         | body | configuration | requests/s | p99 ms | proxy CPU µs per request (range) | of which user µs | disk hits / hits | CPU ratio vs MemCache | user CPU ratio |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|"
     );
     let sizes: &[usize] = if quick {
         &[16 << 10]
@@ -315,20 +322,22 @@ pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
                 }
             }
         }
-        let mut base = None;
+        let (mut base, mut user_base) = (None, None);
         let mut cpu = Vec::new();
         for (i, (label, _)) in runs.iter().enumerate() {
             let Some(load) = median(&loads[i]) else {
                 let why = failed[i].as_deref().unwrap_or("no figures");
                 let _ = writeln!(
                     out,
-                    "| {} KiB | {label} | not measured: {why} | | | | |",
+                    "| {} KiB | {label} | not measured: {why} | | | | | | |",
                     size >> 10
                 );
                 continue;
             };
             cpu.push(load.cpu_us_per_request);
             let ratio = load.cpu_us_per_request / *base.get_or_insert(load.cpu_us_per_request);
+            let user_ratio =
+                load.user_us_per_request / *user_base.get_or_insert(load.user_us_per_request);
             let hits = load.disk_hits + load.memory_hits;
             let share = if hits == 0 {
                 "-".to_string()
@@ -338,11 +347,12 @@ pub fn section(rt: &Runtime, dir: &Path, quick: bool) -> String {
             let spread = spread(&loads[i]);
             let _ = writeln!(
                 out,
-                "| {} KiB | {label} | {:.0} | {:.2} | {:.1} ({spread}) | {share} | {ratio:.2}× |",
+                "| {} KiB | {label} | {:.0} | {:.2} | {:.1} ({spread}) | {:.1} | {share} | {ratio:.2}× | {user_ratio:.2}× |",
                 size >> 10,
                 load.rps,
                 load.p99_ms,
-                load.cpu_us_per_request
+                load.cpu_us_per_request,
+                load.user_us_per_request,
             );
         }
         if let [_, memory, disk] = cpu[..] {
@@ -383,6 +393,7 @@ mod tests {
 
     #[test]
     fn reads_this_process_cpu_time() {
-        assert!(cpu_ticks(std::process::id()).is_some());
+        let (user, total) = cpu_ticks(std::process::id()).expect("stat");
+        assert!(user <= total);
     }
 }
