@@ -69,7 +69,7 @@ mod tier;
 
 pub use body::{announced_body_len, seek_range, BodyHitHandler};
 pub use plain::PlainTier;
-pub use report::{Count, LatencyHistogram, LatencySnapshot, TierReport};
+pub use report::{Count, LatencyHistogram, LatencySnapshot, OpLatencies, TierReport};
 pub use stats::{StatsCounters, TierStats};
 pub use tier::{Capabilities, EvictedEntry, EvictionListener, Tier};
 

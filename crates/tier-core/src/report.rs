@@ -61,6 +61,13 @@ impl TierReport {
         self
     }
 
+    /// Add the `hit`, `miss` and `write` histograms of `ops`.
+    pub fn op_latencies(self, ops: &OpLatencies) -> Self {
+        self.latency("hit", &ops.hit)
+            .latency("miss", &ops.miss)
+            .latency("write", &ops.write)
+    }
+
     /// Add a level (for a composition).
     pub fn level(mut self, level: TierReport) -> Self {
         self.levels.push(level);
@@ -131,6 +138,30 @@ impl LatencyHistogram {
         LatencySnapshot {
             counts,
             sum: Duration::from_nanos(self.sum_ns.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// The latencies a tier that waits on I/O or a network keeps: lookups that
+/// found an entry, lookups that did not, and writes' `finish`.
+#[derive(Debug, Default)]
+pub struct OpLatencies {
+    /// Lookups that found an entry, until its hit handler was ready.
+    pub hit: LatencyHistogram,
+    /// Lookups that found nothing.
+    pub miss: LatencyHistogram,
+    /// `finish` calls that published, until they returned.
+    pub write: LatencyHistogram,
+}
+
+impl OpLatencies {
+    /// Count a lookup that took `took` and found an entry or not.
+    #[inline]
+    pub fn lookup(&self, found: bool, took: Duration) {
+        if found {
+            self.hit.record(took)
+        } else {
+            self.miss.record(took)
         }
     }
 }

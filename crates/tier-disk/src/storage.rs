@@ -231,13 +231,8 @@ impl DiskStorage {
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let started = std::time::Instant::now();
         let found = find(&self.store, &self.weak, key, id).await?;
-        let d = &self.store.disk;
-        let histogram = if found.is_some() {
-            &d.hit_latency
-        } else {
-            &d.miss_latency
-        };
-        histogram.record(started.elapsed());
+        let latencies = &self.store.disk.latencies;
+        latencies.lookup(found.is_some(), started.elapsed());
         Ok(found.map(|(meta, hit)| (meta, Box::new(hit) as HitHandler)))
     }
 
@@ -544,8 +539,6 @@ impl Tier for DiskStorage {
                 "Heap bytes of the in-memory index",
                 s.index_bytes,
             )
-            .latency("hit", &d.hit_latency)
-            .latency("miss", &d.miss_latency)
-            .latency("write", &d.write_latency)
+            .op_latencies(&d.latencies)
     }
 }

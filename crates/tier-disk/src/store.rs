@@ -110,14 +110,10 @@ pub(crate) struct DiskCounters {
     pub(crate) reinserted: AtomicU64,
     pub(crate) reads_nowait: AtomicU64,
     pub(crate) reads_pool: AtomicU64,
-    /// Lookups that found an entry, until the hit handler is ready (its
-    /// record read and checked, or its write in progress joined).
-    pub(crate) hit_latency: tier_core::LatencyHistogram,
-    /// Lookups that found nothing.
-    pub(crate) miss_latency: tier_core::LatencyHistogram,
-    /// `finish` calls that published, until they returned (synced, for
+    /// Hits (until the record is read and checked, or the write in
+    /// progress joined), misses, and `finish` (synced, for
     /// `Durability::Data`).
-    pub(crate) write_latency: tier_core::LatencyHistogram,
+    pub(crate) latencies: tier_core::OpLatencies,
 }
 
 /// The shared state of one open tier.

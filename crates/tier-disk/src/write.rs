@@ -331,7 +331,7 @@ impl HandleMiss for DiskMissHandler {
                 self.inflight.set(Progress::Done {
                     body_len: self.body_len,
                 });
-                self.store.disk.write_latency.record(started.elapsed());
+                self.store.disk.latencies.write.record(started.elapsed());
                 Ok(MissFinishType::Created((placed.len + frag_bytes) as usize))
             }
             Err(e) => {

@@ -171,7 +171,7 @@ impl HandleMiss for RedisMiss {
             Ok(_) => {
                 self.published = true;
                 self.remote.counters.record_insert();
-                self.remote.write_latency.record(started.elapsed());
+                self.remote.latencies.write.record(started.elapsed());
                 Ok(MissFinishType::Created(size))
             }
             Err(e) => {

@@ -59,12 +59,9 @@ pub(crate) struct Remote {
     pub(crate) breaker: Breaker,
     pub(crate) counters: StatsCounters,
     pub(crate) timeouts: AtomicU64,
-    /// Lookups that found an entry, until its head was read.
-    pub(crate) hit_latency: tier_core::LatencyHistogram,
-    /// Lookups that found nothing (or failed: a miss).
-    pub(crate) miss_latency: tier_core::LatencyHistogram,
-    /// `finish` calls that published, until they returned.
-    pub(crate) write_latency: tier_core::LatencyHistogram,
+    /// Hits (until the head was read), misses (failures included), and
+    /// `finish`.
+    pub(crate) latencies: tier_core::OpLatencies,
     /// This instance's id in invalidation messages, to skip its own.
     pub(crate) instance: u64,
 }
@@ -88,9 +85,7 @@ impl Remote {
             breaker,
             counters: StatsCounters::new(),
             timeouts: AtomicU64::new(0),
-            hit_latency: Default::default(),
-            miss_latency: Default::default(),
-            write_latency: Default::default(),
+            latencies: Default::default(),
             instance: crate::format::new_generation(),
         }
     }

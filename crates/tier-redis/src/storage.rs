@@ -337,11 +337,11 @@ impl Storage for RedisStorage {
             }
         };
         let Some((head, inline)) = found else {
-            self.remote.miss_latency.record(started.elapsed());
+            self.remote.latencies.lookup(false, started.elapsed());
             self.remote.counters.record_miss();
             return Ok(None);
         };
-        self.remote.hit_latency.record(started.elapsed());
+        self.remote.latencies.lookup(true, started.elapsed());
         let meta = match CacheMeta::deserialize(&head.internal, &head.header) {
             Ok(meta) => meta,
             Err(e) => {
@@ -521,8 +521,6 @@ impl Tier for RedisStorage {
                 "1 while the breaker is open",
                 u64::from(s.breaker_open),
             )
-            .latency("hit", &r.hit_latency)
-            .latency("miss", &r.miss_latency)
-            .latency("write", &r.write_latency)
+            .op_latencies(&r.latencies)
     }
 }
