@@ -35,7 +35,7 @@ use prometheus::proto::{
 use prometheus::Registry;
 
 use crate::report::{LatencySnapshot, TierReport, LATENCY_BUCKETS};
-use crate::Tier;
+use crate::tier::Tier;
 
 /// Register `tier` (a single tier or a composition) in `registry` under the
 /// label `cache="<cache>"`. Several caches may share a registry if their
