@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use tier_core::Tier;
 use tokio::sync::oneshot;
 
-/// Stops the server when the test says so.
-struct StopSignal(Mutex<Option<oneshot::Receiver<()>>>);
+/// Stops the server when the test says so, as the signal it names would.
+struct StopSignal(Mutex<Option<oneshot::Receiver<()>>>, ShutdownSignal);
 
 #[async_trait]
 impl ShutdownSignalWatch for StopSignal {
@@ -23,9 +23,11 @@ impl ShutdownSignalWatch for StopSignal {
         if let Some(rx) = rx {
             let _ = rx.await;
         }
-        // As SIGTERM: the proxy closes its disk tier (and lets go of the
-        // directory) on the way out.
-        ShutdownSignal::GracefulTerminate
+        match self.1 {
+            ShutdownSignal::GracefulUpgrade => ShutdownSignal::GracefulUpgrade,
+            ShutdownSignal::FastShutdown => ShutdownSignal::FastShutdown,
+            _ => ShutdownSignal::GracefulTerminate,
+        }
     }
 }
 
@@ -40,7 +42,13 @@ struct Running {
 }
 
 impl Running {
+    /// Start a proxy that stops as on SIGTERM: it closes its disk tier (and
+    /// lets go of the directory) on the way out.
     fn start(opts: &ProxyOptions) -> Running {
+        Running::start_stopping_as(opts, ShutdownSignal::GracefulTerminate)
+    }
+
+    fn start_stopping_as(opts: &ProxyOptions, signal: ShutdownSignal) -> Running {
         let built = build(opts, 0).expect("build the proxy");
         let origin = built.origin.clone().unwrap_or_default();
         let (upstream, slot) = (built.upstream.addr, built.tiers);
@@ -49,7 +57,7 @@ impl Running {
         let server = built.server;
         let thread = std::thread::spawn(move || {
             server.run(RunArgs {
-                shutdown_signal: Box::new(StopSignal(Mutex::new(Some(rx)))),
+                shutdown_signal: Box::new(StopSignal(Mutex::new(Some(rx)), signal)),
             });
             // As the proxy example's main does.
             if let Some(slot) = slot {
@@ -644,7 +652,10 @@ fn an_https_origin_is_fetched_over_tls_and_its_certificate_checked() {
     let (stop, rx) = oneshot::channel();
     let origin = std::thread::spawn(move || {
         server.run(RunArgs {
-            shutdown_signal: Box::new(StopSignal(Mutex::new(Some(rx)))),
+            shutdown_signal: Box::new(StopSignal(
+                Mutex::new(Some(rx)),
+                ShutdownSignal::GracefulTerminate,
+            )),
         })
     });
     for _ in 0..200 {
@@ -695,4 +706,63 @@ fn an_https_origin_is_fetched_over_tls_and_its_certificate_checked() {
     proxy.stop();
     let _ = stop.send(());
     let _ = origin.join();
+}
+
+/// pingora's graceful upgrade (`-u`, then SIGQUIT to the old process): the
+/// new proxy takes the listening socket at once, waits while the old one
+/// still has the cache directory (tier-disk's lock), opens it once the old
+/// one has closed its tiers, and serves what the old one cached from disk.
+#[test]
+fn a_graceful_upgrade_hands_over_the_socket_then_the_cache_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("conf.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "---\nversion: 1\nthreads: 2\nupgrade_sock: {}\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 2\n",
+            dir.path().join("upgrade.sock").display()
+        ),
+    )
+    .expect("conf");
+    let listen = format!("127.0.0.1:{}", free_port().expect("port"));
+    let opts = |upgrade: bool| ProxyOptions {
+        server: pingora_core::server::configuration::Opt {
+            upgrade,
+            conf: Some(conf.display().to_string()),
+            ..Default::default()
+        },
+        listen: listen.clone(),
+        durability: DurabilityArg::Data,
+        ..tiers_options(dir.path(), 8, 64, WriteArg::Through)
+    };
+    let (rt, client) = runtime_and_client();
+    let old = Running::start_stopping_as(&opts(false), ShutdownSignal::GracefulUpgrade);
+    let url = format!("{}/bytes/3000", old.base);
+    rt.block_on(async {
+        assert_eq!(get(&client, &url, &[]).await.cache, "miss");
+        assert_eq!(get(&client, &url, &[]).await.tier, "memory");
+    });
+    // The new process's bootstrap waits (up to 5 s) for the old one's socket.
+    let new_opts = opts(true);
+    let new = std::thread::spawn(move || Running::start(&new_opts));
+    std::thread::sleep(Duration::from_millis(1500));
+    // SIGQUIT: the old proxy sends its socket, waits 5 s, stops, closes.
+    old.stop();
+    let new = new.join().expect("the new proxy started");
+    // It opened the directory only once the old one had closed (sealed) it:
+    // without the lock it would have opened during the old one's last five
+    // seconds and scanned (and sealed) a segment the old one was writing.
+    let disk = new.tiers.expect("tiers").disk;
+    assert_eq!(
+        disk.scanned_at_open(),
+        0,
+        "opened while the old proxy had it"
+    );
+    rt.block_on(async {
+        let got = get(&client, &url, &[]).await;
+        assert_eq!((got.cache.as_str(), got.tier.as_str()), ("hit", "disk"));
+        assert_eq!(sha(&got.body), sha(&demo_body(3000)));
+    });
+    assert_eq!(new.origin_requests(), 0, "the new proxy needed its origin");
+    new.stop();
 }

@@ -167,6 +167,13 @@ impl DiskStorage {
         self.report.skipped
     }
 
+    /// Segments open found unsealed and scanned record by record: the one
+    /// being written when the last process stopped without `close` (killed,
+    /// or still running when this one opened). 0 after a clean close.
+    pub fn scanned_at_open(&self) -> u64 {
+        self.report.scanned as u64
+    }
+
     /// Whether open found and cleared a version 1 (file per entry) cache.
     pub fn cleared_v1_at_open(&self) -> bool {
         self.report.v1_cleared

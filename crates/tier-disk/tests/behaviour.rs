@@ -343,6 +343,7 @@ async fn a_directory_in_use_is_refused_until_the_tier_closes() {
     first.close().await.expect("close");
     let second = DiskStorage::open(config(dir.path())).await.expect("reopen");
     assert_eq!(second.skipped_at_open(), 0, "the lock file is not a stray");
+    assert_eq!(second.scanned_at_open(), 0, "close sealed the last segment");
     let second = second.leak();
     assert_eq!(get(second, "kept").await, Ok(Some(b"kept body".to_vec())));
     // Dropping a tier lets go of the lock too.
@@ -473,6 +474,11 @@ async fn a_purge_stays_purged_after_a_reopen() {
     // What a kill now would leave, reopened (no close, so no seal).
     let image = tier_conformance::crash::image_of(dir.path()).expect("image");
     let reopened = open(config(image.path())).await;
+    assert_eq!(
+        reopened.scanned_at_open(),
+        1,
+        "no close: the last segment is scanned"
+    );
     assert_eq!(get(reopened, "gone").await, Ok(None));
     assert_eq!(get(reopened, "kept").await, Ok(Some(b"hi".to_vec())));
 }
