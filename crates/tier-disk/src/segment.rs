@@ -148,19 +148,7 @@ impl CacheDir {
     /// as the returned descriptor lives. Fails with `WouldBlock` at once when
     /// another process (or another open tier in this one) holds it.
     pub(crate) fn lock(&self) -> io::Result<OwnedFd> {
-        let fd = rustix::fs::openat(
-            &self.fd,
-            LOCK_FILE,
-            OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::RUSR | Mode::WUSR,
-        )?;
-        let stat = rustix::fs::fstat(&fd)?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the lock file is not a regular file",
-            ));
-        }
+        let fd = self.open_regular(LOCK_FILE, OFlags::CREATE)?;
         rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
         Ok(fd)
     }
@@ -221,20 +209,27 @@ impl CacheDir {
     /// Open an existing file for reading and writing: never through a
     /// symlink, and only if it is a regular file (a FIFO does not hang it).
     pub(crate) fn open_file(&self, name: &str) -> io::Result<File> {
+        self.open_regular(name, OFlags::empty()).map(File::from)
+    }
+
+    /// Open `name` for reading and writing, with `extra` flags (`CREATE`
+    /// makes it 0600 if missing): never through a symlink, non-blocking (a
+    /// FIFO does not hang it), and only if it is a regular file.
+    fn open_regular(&self, name: &str, extra: OFlags) -> io::Result<OwnedFd> {
         let fd = rustix::fs::openat(
             &self.fd,
             name,
-            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
+            extra | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
         )?;
         let stat = rustix::fs::fstat(&fd)?;
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "not a regular file",
+                format!("{name} is not a regular file"),
             ));
         }
-        Ok(File::from(fd))
+        Ok(fd)
     }
 
     /// Remove segment `id`'s file, through the fault seam.
