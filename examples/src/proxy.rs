@@ -25,7 +25,7 @@ use pingora_cache::{
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::Result;
+use pingora_error::{ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 use prometheus::{Encoder, TextEncoder};
@@ -216,7 +216,7 @@ impl TierPlan {
         let blocked = dir.ancestors().find(|p| p.exists()).filter(|p| !p.is_dir());
         match blocked {
             Some(file) => Err(pingora_error::Error::explain(
-                pingora_error::ErrorType::FileOpenError,
+                ErrorType::FileOpenError,
                 format!(
                     "cache directory {}: {} is a file, not a directory",
                     dir.display(),
@@ -586,12 +586,7 @@ impl Upstream {
     /// Resolve `host:port`, `http://host:port` or `https://host[:port]` (a
     /// name or an address) to its first address.
     pub fn resolve(given: &str) -> Result<Upstream> {
-        let bad = |why: String| {
-            pingora_error::Error::explain(
-                pingora_error::ErrorType::InvalidHTTPHeader,
-                format!("--upstream {given}: {why}"),
-            )
-        };
+        let bad = |why: String| flag_error(ErrorType::InvalidHTTPHeader, "--upstream", given, why);
         let (tls, rest) = match given.split_once("://") {
             Some(("https", rest)) => (true, rest),
             Some(("http", rest)) => (false, rest),
@@ -609,11 +604,7 @@ impl Upstream {
             (true, _) => format!("{rest}:443"),
             (false, _) => format!("{rest}:80"),
         };
-        let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(name.as_str())
-            .map_err(|e| bad(format!("cannot resolve it ({e}); give host:port")))?;
-        let addr = addrs
-            .next()
-            .ok_or_else(|| bad("the name has no address".to_string()))?;
+        let addr = first_address(&name).map_err(bad)?;
         Ok(Upstream {
             addr,
             name,
@@ -624,12 +615,8 @@ impl Upstream {
 
     /// Trust the PEM certificates in `path` (instead of the system's).
     pub fn trusting(mut self, path: &Path) -> Result<Upstream> {
-        let bad = |why: String| {
-            pingora_error::Error::explain(
-                pingora_error::ErrorType::FileReadError,
-                format!("--upstream-ca {}: {why}", path.display()),
-            )
-        };
+        let given = path.display().to_string();
+        let bad = |why: String| flag_error(ErrorType::FileReadError, "--upstream-ca", &given, why);
         if !self.tls {
             return Err(bad("only an https:// upstream uses it".to_string()));
         }
@@ -1017,21 +1004,28 @@ fn opt_copy(opt: &Opt) -> Opt {
 /// over from the running proxy), so a taken port is a clear error at start,
 /// not a panic in a pingora thread later.
 fn resolve_listen(listen: &str, upgrade: bool) -> Result<SocketAddr> {
-    let bind_error = |why: String| {
-        pingora_error::Error::explain(
-            pingora_error::ErrorType::BindError,
-            format!("--listen {listen}: {why}"),
-        )
-    };
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(listen)
-        .map_err(|e| bind_error(format!("not an address ({e}); give host:port")))?
-        .next()
-        .ok_or_else(|| bind_error("the name has no address".to_string()))?;
+    let bind_error = |why: String| flag_error(ErrorType::BindError, "--listen", listen, why);
+    let addr = first_address(listen).map_err(bind_error)?;
     if !upgrade {
         std::net::TcpListener::bind(addr)
             .map_err(|e| bind_error(format!("cannot listen there: {e}")))?;
     }
     Ok(addr)
+}
+
+/// The first address `name` (`host:port`, a name or an address) resolves
+/// to, or why there is none.
+fn first_address(name: &str) -> std::result::Result<SocketAddr, String> {
+    std::net::ToSocketAddrs::to_socket_addrs(name)
+        .map_err(|e| format!("cannot resolve it ({e}); give host:port"))?
+        .next()
+        .ok_or_else(|| "the name has no address".to_string())
+}
+
+/// An error in the value `given` of the command-line flag `flag`, saying
+/// `why` in one line.
+fn flag_error(etype: ErrorType, flag: &str, given: &str, why: String) -> Box<pingora_error::Error> {
+    pingora_error::Error::explain(etype, format!("{flag} {given}: {why}"))
 }
 
 /// What the proxy prints once it listens.
@@ -1109,10 +1103,6 @@ pub fn free_port() -> Result<u16> {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| {
-            pingora_error::Error::because(
-                pingora_error::ErrorType::BindError,
-                "no free loopback port",
-                e,
-            )
+            pingora_error::Error::because(ErrorType::BindError, "no free loopback port", e)
         })
 }
