@@ -1,15 +1,14 @@
 //! What the tier stores per entry, and what each entry is charged.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, LazyLock};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use pingora_cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
-use pingora_cache::{CacheKey, CacheMeta};
-use pingora_error::Result;
-use pingora_http::ResponseHeader;
+use pingora_cache::CacheKey;
 use tier_core::BodyHitHandler;
+
+pub(crate) use crate::meta::StoredMeta;
 
 /// A body as stored: one buffer, or the chunks it was written in.
 #[derive(Debug, Clone)]
@@ -34,169 +33,118 @@ impl Body {
     }
 }
 
-/// The serialized header of an empty 200 response: the stand-in header that
-/// lets [`StoredMeta::to_cache_meta`] rebuild a `CacheMeta` from its internal
-/// fields without decoding the real, compressed header on every hit.
-static STAND_IN_HEADER: LazyLock<Option<Vec<u8>>> = LazyLock::new(|| {
-    let now = SystemTime::now();
-    let header = ResponseHeader::build(200, Some(0)).ok()?;
-    CacheMeta::new(now, now, 0, 0, header)
-        .serialize()
-        .ok()
-        .map(|(_, header)| header)
-});
-
-/// A meta kept ready for hits: the response header already parsed, and the
-/// internal fields either as plain values (the usual case) or serialized.
+/// A key as an entry keeps it: the primary hash inline, and the variance
+/// and user tag, which most keys lack, behind one pointer when present.
 #[derive(Debug, Clone)]
-pub(crate) struct StoredMeta {
-    internal: Internal,
-    header: ResponseHeader,
-    /// Bytes this meta is charged: the serialized internal fields plus an
-    /// over-estimate of the parsed header's heap use.
-    charge: usize,
+pub(crate) struct StoredKey {
+    primary: HashBinary,
+    extras: Option<Box<KeyExtras>>,
 }
 
-/// How the internal (non-header) fields are kept.
 #[derive(Debug, Clone)]
-enum Internal {
-    /// Fields that `CacheMeta::new` plus public setters rebuild exactly: an
-    /// entry never revalidated (`updated == created`). Rebuilding from these
-    /// costs a fifth of decoding the serialized form.
-    Plain {
-        fresh_until: SystemTime,
-        created: SystemTime,
-        stale_while_revalidate_sec: u32,
-        stale_if_error_sec: u32,
-        variance: Option<HashBinary>,
-        epoch_override: Option<SystemTime>,
-    },
-    /// Anything else, decoded on each hit.
-    Serialized(Box<[u8]>),
+struct KeyExtras {
+    variance: Option<HashBinary>,
+    user_tag: Box<str>,
 }
 
-impl StoredMeta {
-    pub(crate) fn new(meta: &CacheMeta) -> Result<Self> {
-        let (internal, _) = meta.serialize()?;
-        let header = meta.response_header_copy();
-        let charge = internal.len() + header_charge(&header);
-        let plain = Internal::Plain {
-            fresh_until: meta.fresh_until(),
-            created: meta.created(),
-            stale_while_revalidate_sec: meta.stale_while_revalidate_sec(),
-            stale_if_error_sec: meta.stale_if_error_sec(),
-            variance: meta.variance(),
-            epoch_override: meta.epoch_override(),
-        };
-        // Keep the plain form only when it rebuilds the very same bytes, so no
-        // field pingora adds later can be lost silently.
-        let rebuilt = rebuild_plain(&plain, ResponseHeader::build(200, Some(0))?)
-            .and_then(|m| m.serialize().ok());
-        let internal = match rebuilt {
-            Some((bytes, _)) if bytes == internal => plain,
-            _ => Internal::Serialized(internal.into_boxed_slice()),
-        };
-        Ok(StoredMeta {
-            internal,
-            header,
-            charge,
+impl StoredKey {
+    pub(crate) fn new(key: &CompactCacheKey) -> Self {
+        let extras = (key.variance.is_some() || !key.user_tag.is_empty()).then(|| {
+            Box::new(KeyExtras {
+                variance: key.variance.as_deref().copied(),
+                user_tag: key.user_tag.clone(),
+            })
+        });
+        StoredKey {
+            primary: key.primary,
+            extras,
+        }
+    }
+
+    pub(crate) fn as_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            primary: &self.primary,
+            variance: self.extras.as_ref().and_then(|e| e.variance.as_ref()),
+            user_tag: self.extras.as_ref().map_or("", |e| &e.user_tag),
+        }
+    }
+
+    pub(crate) fn to_compact(&self) -> CompactCacheKey {
+        CompactCacheKey {
+            primary: self.primary,
+            variance: self.extras.as_ref().and_then(|e| e.variance.map(Box::new)),
+            user_tag: self
+                .extras
+                .as_ref()
+                .map_or_else(Default::default, |e| e.user_tag.clone()),
+        }
+    }
+
+    /// Heap bytes beyond the entry: the extras' allocation, when present.
+    pub(crate) fn charge(&self) -> usize {
+        self.extras.as_ref().map_or(0, |e| {
+            std::mem::size_of::<KeyExtras>() + e.user_tag.len() + 16
         })
     }
-
-    /// A `CacheMeta` equal to the stored one, with the parsed header cloned in:
-    /// no header decompression or parsing on a hit.
-    pub(crate) fn to_cache_meta(&self) -> Result<CacheMeta> {
-        if let Some(meta) = rebuild_plain(&self.internal, self.header.clone()) {
-            return Ok(meta);
-        }
-        let Internal::Serialized(internal) = &self.internal else {
-            unreachable!("rebuild_plain handles the plain form")
-        };
-        let stand_in = STAND_IN_HEADER.as_deref().unwrap_or_default();
-        let mut meta = CacheMeta::deserialize(internal, stand_in)?;
-        *meta.response_header_mut() = self.header.clone();
-        Ok(meta)
-    }
-
-    pub(crate) fn charge(&self) -> usize {
-        self.charge
-    }
-}
-
-fn rebuild_plain(internal: &Internal, header: ResponseHeader) -> Option<CacheMeta> {
-    let Internal::Plain {
-        fresh_until,
-        created,
-        stale_while_revalidate_sec,
-        stale_if_error_sec,
-        variance,
-        epoch_override,
-    } = internal
-    else {
-        return None;
-    };
-    let mut meta = CacheMeta::new(
-        *fresh_until,
-        *created,
-        *stale_while_revalidate_sec,
-        *stale_if_error_sec,
-        header,
-    );
-    if let Some(variance) = variance {
-        meta.set_variance(*variance);
-    }
-    if let Some(epoch) = epoch_override {
-        meta.set_epoch_override(*epoch);
-    }
-    Some(meta)
-}
-
-/// An upper bound on a parsed header's heap and inline size.
-fn header_charge(header: &ResponseHeader) -> usize {
-    // The ResponseHeader struct itself and its map's table, then each header:
-    // name and value bytes plus the map's per-entry bookkeeping, twice over
-    // for the case-preserving name map pingora keeps beside it.
-    let per_header: usize = header
-        .headers
-        .iter()
-        .map(|(name, value)| 2 * name.as_str().len() + value.len() + 128)
-        .sum();
-    std::mem::size_of::<ResponseHeader>() + 128 + per_header
 }
 
 /// Fixed bytes charged per entry for what is not body or meta: the entry
-/// struct behind its `Arc`, its slot in the shard's map, its queue slot, its
-/// ghost slot once evicted, and allocator rounding.
+/// struct behind its `Arc`, its slot in the shard's map (load factor 1/2 to
+/// 7/8, so up to two slots), its queue item (a `VecDeque` grows by doubling),
+/// its ghost slot once evicted, and the allocator's headers and rounding of
+/// the entry's, body's and meta's allocations.
 pub(crate) const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>() + 16 // Arc counts
-    + 2 * std::mem::size_of::<(u64, usize)>() // map slot at load factor 1/2
-    + 32 // queue item
+    + 2 * std::mem::size_of::<(u64, usize)>() + 2 // map slots and control bytes
+    + 2 * 24 // queue item
     + 24 // ghost slot
-    + 32; // allocator rounding of the entry, key and meta allocations
+    + 3 * 16; // allocator headers and rounding
+
+/// The most one entry may be charged: its charge is kept in 32 bits.
+pub(crate) const MAX_CHARGE: usize = u32::MAX as usize;
 
 /// Bytes charged per body chunk: the `Bytes` handle and its allocation's
 /// rounding.
 pub(crate) const CHUNK_OVERHEAD: usize = std::mem::size_of::<Bytes>() + 16;
 
-/// Bytes a compact key costs beyond the fixed entry.
-pub(crate) fn key_charge(key: &CompactCacheKey) -> usize {
-    key.user_tag.len() + if key.variance.is_some() { 16 } else { 0 }
-}
-
 /// A complete, published entry. Immutable but for its access frequency:
 /// `expire` and `update_meta` replace the whole entry under the shard lock.
+/// Kept small (104 bytes): it is the per-entry cost of a cache of small
+/// objects.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    pub(crate) key: CompactCacheKey,
+    pub(crate) key: StoredKey,
     pub(crate) id: u64,
     pub(crate) meta: StoredMeta,
     pub(crate) body: Body,
-    pub(crate) body_len: usize,
-    pub(crate) charge: usize,
+    /// Bytes charged against the capacity: at most [`MAX_CHARGE`].
+    charge: u32,
     /// S3-FIFO's access counter, 0 to 3.
     pub(crate) freq: AtomicU8,
 }
 
 impl Entry {
+    /// An entry charged `charge` bytes, or `None` if that is over [`MAX_CHARGE`].
+    pub(crate) fn new(
+        key: StoredKey,
+        id: u64,
+        meta: StoredMeta,
+        body: Body,
+        charge: usize,
+    ) -> Option<Self> {
+        Some(Entry {
+            key,
+            id,
+            meta,
+            body,
+            charge: u32::try_from(charge).ok()?,
+            freq: AtomicU8::new(0),
+        })
+    }
+
+    pub(crate) fn charge(&self) -> usize {
+        self.charge as usize
+    }
+
     /// Count an access: a plain load, and a store only when the counter moves,
     /// so hot entries do not bounce their cache line between cores.
     #[inline]
@@ -208,28 +156,25 @@ impl Entry {
     }
 
     /// The same entry with another meta; the charge follows the new meta.
-    pub(crate) fn with_meta(&self, meta: StoredMeta) -> Entry {
-        let charge = self.charge - self.meta.charge() + meta.charge();
-        Entry {
-            key: self.key.clone(),
-            id: self.id,
-            meta,
-            body: self.body.clone(),
-            body_len: self.body_len,
-            charge,
-            freq: AtomicU8::new(self.freq.load(Ordering::Relaxed)),
-        }
+    /// `None` if the new charge is over [`MAX_CHARGE`].
+    pub(crate) fn with_meta(&self, meta: StoredMeta) -> Option<Entry> {
+        let charge = self.charge() - self.meta.charge() + meta.charge();
+        let entry = Entry::new(self.key.clone(), self.id, meta, self.body.clone(), charge)?;
+        entry
+            .freq
+            .store(self.freq.load(Ordering::Relaxed), Ordering::Relaxed);
+        Some(entry)
     }
 
     pub(crate) fn hit_handler(&self) -> BodyHitHandler {
         self.body
             .hit_handler()
             .with_entry_id(Some(pingora_cache::CacheEntryId::new(self.id)))
-            .with_eviction_weight(self.charge)
+            .with_eviction_weight(self.charge())
     }
 
     pub(crate) fn matches(&self, key: &KeyRef<'_>) -> bool {
-        KeyRef::from_compact(&self.key) == *key
+        self.key.as_ref() == *key
     }
 }
 
@@ -306,47 +251,28 @@ mod tests {
     use pingora_cache::key::hash_key;
 
     #[test]
-    fn to_cache_meta_keeps_every_field() {
-        let mut meta = tier_core::testing::meta_with_header("x-a", "1");
-        meta.set_variance(hash_key("v"));
-        let stored = StoredMeta::new(&meta).expect("stored");
-        let back = stored.to_cache_meta().expect("meta");
-        assert_eq!(back.fresh_until(), meta.fresh_until());
-        assert_eq!(back.created(), meta.created());
-        assert_eq!(back.updated(), meta.updated());
-        assert_eq!(back.variance(), meta.variance());
-        assert_eq!(back.stale_if_error_sec(), meta.stale_if_error_sec());
-        assert_eq!(
-            back.headers().get("x-a").map(|v| v.as_bytes()),
-            Some(&b"1"[..])
-        );
-        assert_eq!(
-            back.serialize().expect("ser"),
-            meta.serialize().expect("ser")
+    fn an_entry_stays_small() {
+        // The figure the per-entry overhead goal is built on.
+        assert!(
+            std::mem::size_of::<Entry>() <= 104,
+            "{}",
+            std::mem::size_of::<Entry>()
         );
     }
 
     #[test]
-    fn revalidated_meta_keeps_its_updated_time() {
-        let mut meta = tier_core::testing::meta_with_header("x-b", "2");
-        std::thread::sleep(std::time::Duration::from_millis(1100));
-        meta.update_freshness(SystemTime::now() + std::time::Duration::from_secs(60), 1, 2);
-        assert_ne!(meta.updated(), meta.created());
-        let stored = StoredMeta::new(&meta).expect("stored");
-        assert!(matches!(stored.internal, Internal::Serialized(_)));
-        let back = stored.to_cache_meta().expect("meta");
-        assert_eq!(back.updated(), meta.updated());
+    fn a_stored_key_gives_back_the_compact_key_it_was_made_from() {
+        let mut key = CacheKey::new("k", "tag");
+        key.set_variance_key(hash_key("br"));
+        for compact in [key.to_compact(), CacheKey::new("k", "").to_compact()] {
+            let stored = StoredKey::new(&compact);
+            assert_eq!(stored.to_compact(), compact);
+            assert_eq!(stored.as_ref(), KeyRef::from_compact(&compact));
+        }
         assert_eq!(
-            back.serialize().expect("ser"),
-            meta.serialize().expect("ser")
+            StoredKey::new(&CacheKey::new("k", "").to_compact()).charge(),
+            0
         );
-    }
-
-    #[test]
-    fn fresh_meta_is_kept_in_plain_form() {
-        let meta = tier_core::testing::meta_with_header("x-c", "3");
-        let stored = StoredMeta::new(&meta).expect("stored");
-        assert!(matches!(stored.internal, Internal::Plain { .. }));
     }
 
     #[test]

@@ -6,14 +6,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use pingora_cache::key::CompactCacheKey;
 use pingora_cache::storage::{HandleHit, Storage};
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheEntryId, CacheKey};
 use pingora_error::Result;
 use tokio::sync::watch;
 
-use crate::entry::{KeyRef, StoredMeta};
+use crate::entry::{KeyRef, StoredKey, StoredMeta};
 
 /// Where a write stands, as readers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +30,7 @@ pub(crate) enum Progress {
 pub(crate) struct Inflight {
     pub(crate) id: u64,
     /// The full key: a slot match alone never names a write.
-    pub(crate) key: CompactCacheKey,
+    pub(crate) key: StoredKey,
     pub(crate) meta: StoredMeta,
     chunks: Mutex<Vec<Bytes>>,
     progress: watch::Sender<Progress>,
@@ -39,7 +38,7 @@ pub(crate) struct Inflight {
 }
 
 impl Inflight {
-    pub(crate) fn new(id: u64, key: CompactCacheKey, meta: StoredMeta, tier: Arc<str>) -> Self {
+    pub(crate) fn new(id: u64, key: StoredKey, meta: StoredMeta, tier: Arc<str>) -> Self {
         Inflight {
             id,
             key,
@@ -52,7 +51,7 @@ impl Inflight {
 
     /// Whether this write is of `key` (all of its hashes, not only the slot).
     pub(crate) fn matches(&self, key: &KeyRef<'_>) -> bool {
-        KeyRef::from_compact(&self.key) == *key
+        self.key.as_ref() == *key
     }
 
     /// Append a chunk and wake readers.

@@ -55,6 +55,7 @@
 mod config;
 mod entry;
 mod inflight;
+mod meta;
 mod shard;
 mod storage;
 mod striped;

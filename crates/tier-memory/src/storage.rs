@@ -22,17 +22,20 @@ use tier_core::{Capabilities, EvictedEntry, EvictionListener, StatsCounters, Tie
 
 use crate::config::MemoryConfig;
 use crate::entry::{
-    key_charge, Body, Entry, KeyRef, OwnedKeyHashes, StoredMeta, CHUNK_OVERHEAD, ENTRY_OVERHEAD,
+    Body, Entry, KeyRef, OwnedKeyHashes, StoredKey, StoredMeta, CHUNK_OVERHEAD, ENTRY_OVERHEAD,
+    MAX_CHARGE,
 };
 use crate::inflight::Inflight;
-use crate::shard::Shard;
+use crate::meta::header_charge;
+use crate::shard::{Queues, Shard};
 use crate::striped::StripedCounter;
 
 /// Bodies of at most this many bytes written in several chunks are joined
 /// into one buffer when published, so their hits are a single read.
 const JOIN_CHUNKS_UP_TO: usize = 1 << 20;
 
-/// A byte-bounded, sharded memory storage with S3-FIFO eviction.
+/// A byte-bounded memory storage with S3-FIFO eviction: entries in sharded
+/// maps, one eviction order over all of them.
 ///
 /// See the [crate docs](crate) for an example. Like every pingora storage it
 /// is used through `&'static` references: keep it in a `static` (with
@@ -43,12 +46,15 @@ pub struct MemoryStorage {
     max_object_bytes: usize,
     pub(crate) shards: Box<[Shard]>,
     shard_shift: u32,
-    /// Bytes charged now: published entries plus writes in progress.
+    pub(crate) queues: Queues,
+    /// Bytes charged now: published entries, writes in progress, and the
+    /// parsed headers kept for hot entries.
     pub(crate) used: AtomicUsize,
+    /// Of `used`, the parsed headers of hot entries.
+    hot_used: AtomicUsize,
+    /// How many bytes of parsed headers may be kept.
+    hot_budget: usize,
     next_id: AtomicU64,
-    /// Where the next eviction that cannot be served by the writer's own
-    /// shard starts looking, so pressure spreads over all shards.
-    evict_cursor: AtomicUsize,
     listener: RwLock<Option<Arc<dyn EvictionListener>>>,
     counters: StatsCounters,
     hits: StripedCounter,
@@ -73,9 +79,11 @@ impl MemoryStorage {
             max_object_bytes: config.effective_max_object_bytes(),
             shards: (0..n_shards).map(|_| Shard::default()).collect(),
             shard_shift: 64 - n_shards.trailing_zeros(),
+            queues: Queues::default(),
             used: AtomicUsize::new(0),
+            hot_used: AtomicUsize::new(0),
+            hot_budget: config.capacity_bytes / 100 * config.hot_header_percent,
             next_id: AtomicU64::new(1),
-            evict_cursor: AtomicUsize::new(0),
             listener: RwLock::new(None),
             counters: StatsCounters::new(),
             hits: StripedCounter::default(),
@@ -102,13 +110,17 @@ impl MemoryStorage {
         }
     }
 
+    fn shard(&self, hash: u64) -> &Shard {
+        &self.shards[self.shard_of(hash)]
+    }
+
     fn small_target(&self) -> usize {
-        self.config.capacity_bytes / self.shards.len() * self.config.small_queue_percent / 100
+        self.config.capacity_bytes / 100 * self.config.small_queue_percent
     }
 
     /// Charge `bytes` against the capacity, evicting until they fit. Fails
     /// only when nothing is left to evict (the rest is in writes in progress).
-    fn reserve(&self, bytes: usize, home: usize) -> Result<()> {
+    fn reserve(&self, bytes: usize) -> Result<()> {
         let capacity = self.config.capacity_bytes;
         loop {
             let used = self.used.load(Ordering::Relaxed);
@@ -122,7 +134,7 @@ impl MemoryStorage {
                 }
                 continue;
             }
-            if !self.evict_one(home) {
+            if !self.evict_one() {
                 return Err(Error::explain(
                     ErrorType::Custom("TierFull"),
                     format!(
@@ -138,27 +150,62 @@ impl MemoryStorage {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
     }
 
-    /// Evict one entry, from the writer's shard if it has one, else from the
-    /// next shard that does; `false` when no shard has one.
-    fn evict_one(&self, home: usize) -> bool {
-        let n = self.shards.len();
-        let start = self.evict_cursor.fetch_add(1, Ordering::Relaxed);
-        let order = std::iter::once(home).chain((0..n).map(|i| (start + i) % n));
+    /// Give back what a removed or replaced entry was charged, and the
+    /// parsed header kept for it (`hot`, 0 if none).
+    fn release_entry(&self, entry: &Entry, hot: usize) {
+        self.release(entry.charge() + hot);
+        self.hot_used.fetch_sub(hot, Ordering::Relaxed);
+        self.counters.remove_entry(entry.charge() as u64);
+    }
+
+    /// Keep a parsed copy of a hot entry's header, if the share of the
+    /// capacity for them has room: its later hits clone it instead of
+    /// building a header from the entry's buffer. Called after a hit, with
+    /// no lock held.
+    fn keep_hot_header(&self, hash: u64, entry: &Arc<Entry>, meta: &CacheMeta) {
+        let header = meta.response_header();
+        let charge = header_charge(header);
+        if self.hot_used.load(Ordering::Relaxed) + charge > self.hot_budget
+            || self.reserve(charge).is_err()
+        {
+            return;
+        }
+        let header = header.clone();
+        #[cfg(test)]
+        crate::tests::pause_before_keeping_a_header();
+        let kept = self
+            .shard(hash)
+            .maps
+            .write()
+            .keep_hot_header(hash, entry, header, charge);
+        if kept {
+            self.hot_used.fetch_add(charge, Ordering::Relaxed);
+        } else {
+            self.release(charge);
+        }
+    }
+
+    /// Evict one entry by the tier's one S3-FIFO order; `false` when there
+    /// is none to evict.
+    fn evict_one(&self) -> bool {
         let listener = self.listener.read().clone();
         let mut notify = |entry: &Arc<Entry>| {
             if let Some(listener) = &listener {
                 self.notify_evicted(listener.as_ref(), entry);
             }
         };
-        for idx in order {
-            if let Some(entry) = self.shards[idx].evict_one(self.small_target(), 256, &mut notify) {
-                self.release(entry.charge);
-                self.counters.remove_entry(entry.charge as u64);
-                self.counters.record_eviction();
-                return true;
-            }
-        }
-        false
+        let evicted = self.queues.evict_one(
+            |hash| self.shard(hash),
+            self.small_target(),
+            256,
+            &mut notify,
+        );
+        let Some((entry, hot)) = evicted else {
+            return false;
+        };
+        self.release_entry(&entry, hot);
+        self.counters.record_eviction();
+        true
     }
 
     /// Hand an evicted entry to the listener. This runs under the shard's
@@ -167,7 +214,7 @@ impl MemoryStorage {
     fn notify_evicted(&self, listener: &dyn EvictionListener, entry: &Arc<Entry>) {
         match entry.meta.to_cache_meta() {
             Ok(meta) => listener.on_evict(EvictedEntry {
-                key: entry.key.clone(),
+                key: entry.key.to_compact(),
                 entry_id: Some(CacheEntryId::new(entry.id)),
                 meta,
                 body: Box::new(entry.hit_handler()),
@@ -188,14 +235,20 @@ impl MemoryStorage {
         let hash = KeyRef::from_compact(&compact).hash64();
         let home = self.shard_of(hash);
         let stored_meta = StoredMeta::new(meta)?;
+        let stored_key = StoredKey::new(&compact);
         // Every entry has at least one chunk slot, even with an empty body.
-        let fixed = ENTRY_OVERHEAD + key_charge(&compact) + stored_meta.charge() + CHUNK_OVERHEAD;
-        if let Err(e) = self.reserve(fixed, home) {
+        let fixed = ENTRY_OVERHEAD + stored_key.charge() + stored_meta.charge() + CHUNK_OVERHEAD;
+        if let Err(e) = self.reserve(fixed) {
             self.counters.record_rejection();
             return Err(e);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let inflight = Arc::new(Inflight::new(id, compact, stored_meta, self.name.clone()));
+        let inflight = Arc::new(Inflight::new(
+            id,
+            stored_key,
+            stored_meta,
+            self.name.clone(),
+        ));
         if listed {
             self.shards[home]
                 .maps
@@ -251,15 +304,28 @@ impl MemoryStorage {
         // Build the hit under the read lock instead of cloning the entry's
         // Arc: for a popular entry, every clone and drop is a write to a
         // cache line that all cores share.
+        // An entry read three times since it was queued is hot: its
+        // header is kept parsed (see `keep_hot_header`).
         let found = complete.map(|entry| {
+            let hot = entry.freq.load(Ordering::Relaxed) >= 3;
             entry.touch();
-            (entry.meta.to_cache_meta(), entry.hit_handler())
+            let (meta, keep) = match maps.hot_header(hash, entry.id) {
+                Some(header) => (entry.meta.to_cache_meta_with(header.clone()), false),
+                None => (entry.meta.to_cache_meta(), hot && self.hot_budget > 0),
+            };
+            // Only an entry about to keep a header is cloned (rarely: once
+            // as it turns hot), so the header can be checked to be its own.
+            (meta, keep.then(|| entry.clone()), entry.hit_handler())
         });
         drop(maps);
         match found {
-            Some((meta, hit)) => {
+            Some((meta, keep, hit)) => {
+                let meta = meta?;
+                if let Some(entry) = keep {
+                    self.keep_hot_header(hash, &entry, &meta);
+                }
                 self.hits.incr();
-                Ok(Some((meta?, Box::new(hit))))
+                Ok(Some((meta, Box::new(hit))))
             }
             None => {
                 self.misses.incr();
@@ -273,11 +339,11 @@ impl MemoryStorage {
         let (key, id) = tier_core::key::target_parts(target);
         let key_ref = KeyRef::from_compact(key);
         let hash = key_ref.hash64();
-        let removed = self.shards[self.shard_of(hash)].remove_if(hash, |entry| {
+        let (removed, hot) = self.shard(hash).remove_if(hash, |entry| {
             entry.matches(&key_ref) && id.is_none_or(|id| id == entry.id)
         })?;
-        self.release(removed.charge);
-        self.counters.remove_entry(removed.charge as u64);
+        self.queues.mark_stale();
+        self.release_entry(&removed, hot);
         Some(removed)
     }
 
@@ -291,7 +357,7 @@ impl MemoryStorage {
             let maps = shard.maps.read();
             match maps.complete.get(&hash) {
                 Some(entry) if entry.matches(&key) && id.is_none_or(|id| id == entry.id) => {
-                    (entry.charge, entry.meta.charge())
+                    (entry.charge(), entry.meta.charge())
                 }
                 _ => return false,
             }
@@ -299,7 +365,7 @@ impl MemoryStorage {
         let new_charge = old_charge - old_meta_charge + meta.charge();
         // Charge a growth before making it, so the bound holds throughout.
         let grow = new_charge.saturating_sub(old_charge);
-        if grow > 0 && self.reserve(grow, home).is_err() {
+        if grow > 0 && self.reserve(grow).is_err() {
             return false;
         }
         let replaced = shard.replace_if(
@@ -308,17 +374,19 @@ impl MemoryStorage {
             |entry| entry.with_meta(meta),
         );
         match replaced {
-            Some((old, new)) => {
+            Some(((old, hot), new)) => {
+                self.release(hot);
+                self.hot_used.fetch_sub(hot, Ordering::Relaxed);
                 // Settle the difference between what was reserved and what changed.
-                let reserved_total = old.charge + grow;
-                if reserved_total > new.charge {
-                    self.release(reserved_total - new.charge);
-                } else if new.charge > reserved_total {
+                let reserved_total = old.charge() + grow;
+                if reserved_total > new.charge() {
+                    self.release(reserved_total - new.charge());
+                } else if new.charge() > reserved_total {
                     self.used
-                        .fetch_add(new.charge - reserved_total, Ordering::AcqRel);
+                        .fetch_add(new.charge() - reserved_total, Ordering::AcqRel);
                 }
-                self.counters.remove_entry(old.charge as u64);
-                self.counters.add_entry(new.charge as u64);
+                self.counters.remove_entry(old.charge() as u64);
+                self.counters.add_entry(new.charge() as u64);
                 true
             }
             None => {
@@ -547,7 +615,7 @@ impl HandleMiss for MemoryMissHandler {
             ));
         }
         let charge = data.len() + if self.n_chunks > 0 { CHUNK_OVERHEAD } else { 0 };
-        if let Err(e) = self.storage.reserve(charge, self.home) {
+        if let Err(e) = self.storage.reserve(charge) {
             self.abandon();
             self.storage.counters.record_rejection();
             return Err(e);
@@ -581,14 +649,29 @@ impl HandleMiss for MemoryMissHandler {
         };
         let meta_charge = self.inflight.meta.charge();
         let charge = ENTRY_OVERHEAD
-            + key_charge(&self.inflight.key)
+            + self.inflight.key.charge()
             + meta_charge
             + self.body_len
             + body.n_chunks() * CHUNK_OVERHEAD;
+        let Some(entry) = Entry::new(
+            self.inflight.key.clone(),
+            self.id,
+            self.inflight.meta.clone(),
+            body,
+            charge,
+        ) else {
+            self.abandon();
+            self.storage.counters.record_rejection();
+            return Err(tier_core::error::object_too_large(
+                &self.storage.name,
+                MAX_CHARGE,
+                charge,
+            ));
+        };
         // Joining chunks only shrinks the charge: give the difference back.
         if charge > self.reserved {
             let more = charge - self.reserved;
-            if let Err(e) = self.storage.reserve(more, self.home) {
+            if let Err(e) = self.storage.reserve(more) {
                 self.abandon();
                 return Err(e);
             }
@@ -596,25 +679,21 @@ impl HandleMiss for MemoryMissHandler {
         }
         self.storage.release(self.reserved - charge);
         self.reserved = 0;
-        let entry = Arc::new(Entry {
-            key: self.inflight.key.clone(),
-            id: self.id,
-            meta: self.inflight.meta.clone(),
-            body,
-            body_len: self.body_len,
-            charge,
-            freq: Default::default(),
-        });
+        let entry = Arc::new(entry);
         self.detach();
         self.state = WriteState::Finished;
         let storage = self.storage;
-        let replaced = storage.shards[self.home].publish(self.hash, entry);
+        let shard = &storage.shards[self.home];
+        let replaced = storage.queues.publish(shard, self.hash, entry);
         storage.counters.add_entry(charge as u64);
         storage.counters.record_insert();
-        if let Some(old) = replaced {
-            storage.release(old.charge);
-            storage.counters.remove_entry(old.charge as u64);
+        if let Some((old, hot)) = replaced {
+            storage.release_entry(&old, hot);
         }
+        let live = storage.counters.snapshot().entries as usize;
+        storage
+            .queues
+            .compact_if_stale(live, |hash| storage.shard(hash));
         Ok(MissFinishType::Created(charge))
     }
 
