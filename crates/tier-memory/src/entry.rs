@@ -99,6 +99,11 @@ pub(crate) const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>() + 16 // Ar
     + 24 // ghost slot
     + 3 * 16; // allocator headers and rounding
 
+/// How many passes through the main queue reads can earn an entry: 7 (the
+/// paper's 3 kept fewer popular large objects on a mix of sizes; see the
+/// policy study in ARCHITECTURE.md).
+pub(crate) const MAX_FREQ: u8 = 7;
+
 /// The most one entry may be charged: its charge is kept in 32 bits.
 pub(crate) const MAX_CHARGE: usize = u32::MAX as usize;
 
@@ -118,7 +123,7 @@ pub(crate) struct Entry {
     pub(crate) body: Body,
     /// Bytes charged against the capacity: at most [`MAX_CHARGE`].
     charge: u32,
-    /// S3-FIFO's access counter, 0 to 3.
+    /// S3-FIFO's access counter, 0 to [`MAX_FREQ`].
     pub(crate) freq: AtomicU8,
 }
 
@@ -150,7 +155,7 @@ impl Entry {
     #[inline]
     pub(crate) fn touch(&self) {
         let freq = self.freq.load(Ordering::Relaxed);
-        if freq < 3 {
+        if freq < MAX_FREQ {
             self.freq.store(freq + 1, Ordering::Relaxed);
         }
     }

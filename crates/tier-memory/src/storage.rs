@@ -51,7 +51,7 @@ pub struct MemoryStorage {
     /// parsed headers kept for hot entries.
     pub(crate) used: AtomicUsize,
     /// Of `used`, the parsed headers of hot entries.
-    hot_used: AtomicUsize,
+    pub(crate) hot_used: AtomicUsize,
     /// How many bytes of parsed headers may be kept.
     hot_budget: usize,
     next_id: AtomicU64,
@@ -165,7 +165,7 @@ impl MemoryStorage {
     fn keep_hot_header(&self, hash: u64, entry: &Arc<Entry>, meta: &CacheMeta) {
         let header = meta.response_header();
         let charge = header_charge(header);
-        if self.hot_used.load(Ordering::Relaxed) + charge > self.hot_budget
+        if self.hot_used.load(Ordering::Relaxed).saturating_add(charge) > self.hot_budget
             || self.reserve(charge).is_err()
         {
             return;
@@ -173,14 +173,13 @@ impl MemoryStorage {
         let header = header.clone();
         #[cfg(test)]
         crate::tests::pause_before_keeping_a_header();
-        let kept = self
-            .shard(hash)
-            .maps
-            .write()
-            .keep_hot_header(hash, entry, header, charge);
-        if kept {
+        let mut maps = self.shard(hash).maps.write();
+        if maps.keep_hot_header(hash, entry, header, charge) {
+            // Counted under the lock: whoever forgets this header (under the
+            // same lock, later) subtracts it after this add, never before.
             self.hot_used.fetch_add(charge, Ordering::Relaxed);
         } else {
+            drop(maps);
             self.release(charge);
         }
     }

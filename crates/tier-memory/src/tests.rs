@@ -110,6 +110,16 @@ fn audit(storage: &MemoryStorage, open: &[(u8, MissHandler)]) -> Result<(), Test
             stored,
             "charged bytes drifted from stored entries and hot headers"
         );
+        let hot: usize = storage
+            .shards
+            .iter()
+            .map(|s| s.maps.read().hot_bytes())
+            .sum();
+        prop_assert_eq!(
+            storage.hot_used.load(Ordering::Relaxed),
+            hot,
+            "the hot-header count drifted from the headers kept"
+        );
         let writing: usize = storage
             .shards
             .iter()
@@ -476,6 +486,11 @@ fn no_hit_after_a_meta_update_returns_serves_the_header_it_replaced() {
         violations
     });
     KEEP_PAUSE_MICROS.store(0, Ordering::Relaxed);
+    let maps = storage.shards[0].maps.read();
+    let entries: usize = maps.complete.values().map(|e| e.charge()).sum();
+    assert_eq!(storage.hot_used.load(Ordering::Relaxed), maps.hot_bytes());
+    assert_eq!(storage.used_bytes(), entries + maps.hot_bytes());
+    drop(maps);
     assert!(
         violations.is_empty(),
         "{} reads served a header older than an update that had returned, e.g. {:?}",
