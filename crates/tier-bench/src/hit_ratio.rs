@@ -102,7 +102,7 @@ pub struct Ratios {
 
 /// Counts requests and hits, by number and by bytes.
 #[derive(Debug, Default)]
-struct Tally {
+pub(crate) struct Tally {
     requests: u64,
     hits: u64,
     bytes: u64,
@@ -110,7 +110,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&mut self, hit: bool, len: usize) {
+    pub(crate) fn record(&mut self, hit: bool, len: usize) {
         self.requests += 1;
         self.bytes += len as u64;
         if hit {
@@ -119,7 +119,7 @@ impl Tally {
         }
     }
 
-    fn ratios(&self) -> Ratios {
+    pub(crate) fn ratios(&self) -> Ratios {
         Ratios {
             hit: self.hits as f64 / self.requests.max(1) as f64,
             byte_hit: self.hit_bytes as f64 / self.bytes.max(1) as f64,

@@ -20,6 +20,7 @@ mod hybrid_bench;
 mod latency;
 mod micro;
 mod plots;
+mod policy_study;
 mod progress;
 mod proxy_bench;
 mod redis_bench;
@@ -63,12 +64,17 @@ const TASKS: usize = 4;
 
 struct Args {
     quick: bool,
-    /// Run only this section: `hit`, `insert`, `ratio`, `disk`, `hybrid`, `proxy` or `raw`.
+    /// Run only this section: `hit`, `insert`, `ratio`, `study`, `disk`, `hybrid`, `proxy` or `raw`.
     only: Option<String>,
-    /// Run only storages whose name contains this.
+    /// Run only storages whose name contains this (with `--micro`: is this).
     storage: Option<String>,
     /// Print per-step costs of a hit and exit.
     micro: bool,
+    /// Rounds over the keys for `--micro` (instruction counts under
+    /// callgrind are the difference of two round counts).
+    rounds: u64,
+    /// `--micro` with a typical origin response's nine headers per entry.
+    origin_headers: bool,
     out: PathBuf,
 }
 
@@ -78,6 +84,8 @@ fn parse_args() -> Result<Args, String> {
         only: None,
         storage: None,
         micro: false,
+        rounds: 20,
+        origin_headers: false,
         out: PathBuf::from("target/bench"),
     };
     let mut it = std::env::args().skip(1);
@@ -86,10 +94,17 @@ fn parse_args() -> Result<Args, String> {
             "--quick" => args.quick = true,
             "--only" => args.only = Some(it.next().ok_or("--only needs a section")?),
             "--micro" => args.micro = true,
+            "--origin-headers" => args.origin_headers = true,
+            "--rounds" => {
+                args.rounds = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("--rounds needs a number")?
+            }
             "--storage" => args.storage = Some(it.next().ok_or("--storage needs a name")?),
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
             "-h" | "--help" => {
-                println!("usage: tier-bench [--quick] [--only hit|latency|insert|ratio|ttfb|disk|hybrid|proxy|redis|raw] [--micro] [--storage NAME] [--out DIR]");
+                println!("usage: tier-bench [--quick] [--only hit|latency|insert|ratio|study|ttfb|disk|hybrid|proxy|redis|raw] [--micro [--rounds N] [--origin-headers]] [--storage NAME] [--out DIR]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
@@ -130,8 +145,21 @@ fn main() {
     };
     let scale = if args.quick { QUICK } else { FULL };
     if args.micro {
-        for (name, storage) in memory_storages(scale, args.storage.as_deref()) {
-            micro::run(&name, storage, 10_000, 20);
+        let mut storages = memory_storages(scale, None);
+        // The memory tier with no parsed headers kept: every hit builds its
+        // header from the entry's buffer (what a hit on a cold entry costs).
+        storages.push((
+            "tier-memory, headers built on every hit".to_string(),
+            leak(MemoryStorage::new(
+                MemoryConfig::new(1 << 30).hot_header_percent(0),
+            )) as DynStorage,
+        ));
+        let only = args.storage.as_deref();
+        for (name, storage) in storages
+            .into_iter()
+            .filter(|(name, _)| only.is_none_or(|only| name == only))
+        {
+            micro::run(&name, storage, 10_000, args.rounds, args.origin_headers);
         }
         return;
     }
@@ -257,6 +285,11 @@ fn main() {
         report.push_str(&mixed_size_section(&rt, args.quick, &plots));
     }
 
+    if run("study") {
+        progress.start("study");
+        report.push_str(&policy_study_section(&rt, scale, args.quick));
+    }
+
     if run("ttfb") {
         progress.start("ttfb");
         let ttfb_dir = args.out.join("ttfb");
@@ -335,13 +368,7 @@ fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale, plots: &plots::
     let body_len = 4096;
     let n_keys = scale.n_keys;
     let n_ops = scale.n_ops / 2;
-    let traces = [
-        hit_ratio::zipf_trace(n_keys, 0.8, n_ops, 11),
-        hit_ratio::zipf_trace(n_keys, 1.0, n_ops, 12),
-        hit_ratio::zipf_trace(n_keys, 1.2, n_ops, 13),
-        hit_ratio::scan_mix_trace(n_keys, 0.3, n_ops, 14),
-        hit_ratio::shift_trace(n_keys, n_ops, 15),
-    ];
+    let traces = hit_ratio_traces(n_keys, n_ops);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -356,15 +383,7 @@ fn hit_ratio_section(rt: &tokio::runtime::Runtime, scale: Scale, plots: &plots::
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
     // One entry's charge, so capacities count what the tier really holds.
-    let (_, charge) = hit_ratio::memory_tier(
-        rt,
-        &hit_ratio::Trace {
-            label: String::new(),
-            keys: std::sync::Arc::new(vec![0]),
-        },
-        64 << 20,
-        &|_| body_len,
-    );
+    let charge = body_len + memory_tier_overhead(rt);
     // The Zipf 1.0 sweep, for the curve: tier-memory, LRU, TinyUFO.
     let mut curves: [plots::Series; 3] = [
         ("tier-memory".into(), Vec::new()),
@@ -445,33 +464,51 @@ fn reference_ratios(
     (None, None)
 }
 
-/// Hit ratio and byte hit ratio on the 80/15/5 size mix, against cache size.
-fn mixed_size_section(rt: &tokio::runtime::Runtime, quick: bool, plots: &plots::Plots) -> String {
-    use std::fmt::Write as _;
-    let n_keys: u64 = if quick { 500 } else { 2_000 };
-    let n_ops = if quick { 10_000 } else { 60_000 };
+/// What the memory tier charges an entry beyond its body, measured on one
+/// 4 KiB entry with the bench's meta.
+fn memory_tier_overhead(rt: &tokio::runtime::Runtime) -> usize {
+    let one = hit_ratio::Trace {
+        label: String::new(),
+        keys: Arc::new(vec![0]),
+    };
+    let (_, charge) = hit_ratio::memory_tier(rt, &one, 64 << 20, &|_| 4096);
+    charge.saturating_sub(4096)
+}
+
+/// The 4 KiB traces of the hit-ratio table: Zipf 0.8, 1.0 and 1.2, Zipf 1.0
+/// with 30% one-time keys, and Zipf 1.0 whose popularity shifts halfway.
+fn hit_ratio_traces(n_keys: u64, n_ops: usize) -> [hit_ratio::Trace; 5] {
+    [
+        hit_ratio::zipf_trace(n_keys, 0.8, n_ops, 11),
+        hit_ratio::zipf_trace(n_keys, 1.0, n_ops, 12),
+        hit_ratio::zipf_trace(n_keys, 1.2, n_ops, 13),
+        hit_ratio::scan_mix_trace(n_keys, 0.3, n_ops, 14),
+        hit_ratio::shift_trace(n_keys, n_ops, 15),
+    ]
+}
+
+/// The 80/15/5 size mix over Zipf 1.0, and how many requests its trace has.
+fn mix_workload(quick: bool) -> (Workload, usize) {
     let workload = Workload {
-        n_keys,
+        n_keys: if quick { 500 } else { 2_000 },
         alpha: 1.0,
         size: SizeClass::Mix,
         seed: 17,
     };
+    (workload, if quick { 10_000 } else { 60_000 })
+}
+
+/// Hit ratio and byte hit ratio on the 80/15/5 size mix, against cache size.
+fn mixed_size_section(rt: &tokio::runtime::Runtime, quick: bool, plots: &plots::Plots) -> String {
+    use std::fmt::Write as _;
+    let (workload, n_ops) = mix_workload(quick);
+    let n_keys = workload.n_keys;
     let trace = hit_ratio::Trace {
         label: "Zipf 1.0, 80/15/5 mix".into(),
         keys: Arc::new(workload.trace(n_ops)),
     };
     let len = |k: u64| workload.body_len(k);
-    // The memory tier's charge beyond the body, measured on one entry.
-    let (_, one) = hit_ratio::memory_tier(
-        rt,
-        &hit_ratio::Trace {
-            label: String::new(),
-            keys: Arc::new(vec![0]),
-        },
-        64 << 20,
-        &|_| 4096,
-    );
-    let overhead = one.saturating_sub(4096);
+    let overhead = memory_tier_overhead(rt);
     let weight = |k: u64| len(k) + overhead;
     let data: usize = (0..n_keys).map(weight).sum();
     let mut out = String::new();
@@ -524,5 +561,104 @@ fn mixed_size_section(rt: &tokio::runtime::Runtime, quick: bool, plots: &plots::
         "byte hit ratio (%)",
         &curves,
     ));
+    out
+}
+
+/// The eviction-policy study: each variant of [`policy_study::VARIANTS`] on
+/// the 80/15/5 mix (byte hit ratio and hit ratio) and on the 4 KiB traces
+/// (hit ratio), beside LRU and TinyUFO with the same budgets and weights.
+fn policy_study_section(rt: &tokio::runtime::Runtime, scale: Scale, quick: bool) -> String {
+    use std::fmt::Write as _;
+    let (mix, n_ops) = mix_workload(quick);
+    let len = |k: u64| mix.body_len(k);
+    let overhead = memory_tier_overhead(rt);
+    let weight = |k: u64| len(k) + overhead;
+    let data: usize = (0..mix.n_keys).map(weight).sum();
+    let trace = hit_ratio::Trace {
+        label: "mix".into(),
+        keys: Arc::new(mix.trace(n_ops)),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### Eviction policy study: simulated variants, 80/15/5 mix ({} keys, {} requests)\n\n\
+         Single-threaded simulations of each policy alone, keys and weights only; each entry \
+         weighs its body plus the memory tier's charge beyond it ({overhead} B), as in the \
+         hit-ratio tables. Cells are byte hit ratio / hit ratio.\n",
+        mix.n_keys, n_ops
+    );
+    let sizes = [5usize, 10, 20, 50, 100, 250];
+    let _ = write!(out, "| policy |");
+    for s in sizes {
+        let _ = write!(out, " {}% |", s as f64 / 10.0);
+    }
+    let _ = writeln!(out, "\n|---|{}", "---:|".repeat(sizes.len()));
+    let cell = |r: hit_ratio::Ratios| format!("{:.2}% / {:.2}%", r.byte_hit * 100.0, r.hit * 100.0);
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    for v in policy_study::VARIANTS {
+        let cells = sizes
+            .iter()
+            .map(|&pm| {
+                cell(policy_study::run(
+                    v,
+                    &trace,
+                    data * pm / 1000,
+                    &weight,
+                    &len,
+                ))
+            })
+            .collect();
+        rows.push((v.label.to_string(), cells));
+    }
+    let mut lru_cells = Vec::new();
+    let mut ufo_cells = Vec::new();
+    for &pm in &sizes {
+        let (lru, ufo) = reference_ratios(&trace, data * pm / 1000, &weight, &len);
+        lru_cells.push(lru.map_or("-".into(), cell));
+        ufo_cells.push(ufo.map_or("-".into(), cell));
+    }
+    rows.push(("LRU".into(), lru_cells));
+    rows.push(("TinyUFO".into(), ufo_cells));
+    for (label, cells) in rows {
+        let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
+    }
+    // The 4 KiB traces, hit ratio at 1% and 10%.
+    let n_keys = scale.n_keys;
+    let n_ops = scale.n_ops / 2;
+    let body = 4096 + overhead;
+    let traces = hit_ratio_traces(n_keys, n_ops);
+    let n_keys = n_keys as usize;
+    let _ = writeln!(
+        out,
+        "\nThe same variants on the 4 KiB traces of the hit-ratio table ({n_keys} keys, {n_ops} requests): hit ratio at 1% / 10% of the data.\n"
+    );
+    let _ = write!(out, "| policy |");
+    for t in &traces {
+        let _ = write!(out, " {} |", t.label);
+    }
+    let _ = writeln!(out, "\n|---|{}", "---:|".repeat(traces.len()));
+    let four_k = |_: u64| body;
+    for v in policy_study::VARIANTS {
+        let _ = write!(out, "| {} |", v.label);
+        for t in &traces {
+            let at = |pm: usize| {
+                policy_study::run(v, t, n_keys * body * pm / 1000, &four_k, &four_k).hit
+            };
+            let _ = write!(out, " {:.2}% / {:.2}% |", at(10) * 100.0, at(100) * 100.0);
+        }
+        let _ = writeln!(out);
+    }
+    for (i, name) in ["LRU", "TinyUFO"].iter().enumerate() {
+        let _ = write!(out, "| {name} |");
+        for t in &traces {
+            let at = |pm: usize| {
+                let (lru, ufo) = reference_ratios(t, n_keys * body * pm / 1000, &four_k, &four_k);
+                [lru, ufo][i].map_or(f64::NAN, |r| r.hit)
+            };
+            let _ = write!(out, " {:.2}% / {:.2}% |", at(10) * 100.0, at(100) * 100.0);
+        }
+        let _ = writeln!(out);
+    }
+    out.push('\n');
     out
 }
