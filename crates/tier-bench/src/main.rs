@@ -523,11 +523,9 @@ fn mixed_size_section(rt: &tokio::runtime::Runtime, quick: bool, plots: &plots::
         trace.label,
         data >> 20
     );
-    let mut curves: [plots::Series; 3] = [
-        ("tier-memory".into(), Vec::new()),
-        ("LRU".into(), Vec::new()),
-        ("TinyUFO".into(), Vec::new()),
-    ];
+    let names = ["tier-memory", "LRU", "TinyUFO"];
+    let mut curves: [plots::Series; 3] = names.map(|n| (n.into(), Vec::new()));
+    let mut object_curves: [plots::Series; 3] = names.map(|n| (n.into(), Vec::new()));
     for per_mille in [5usize, 10, 20, 50, 100, 250] {
         let capacity = data * per_mille / 1000;
         let (ours, _) = hit_ratio::memory_tier(rt, &trace, capacity, &len);
@@ -546,13 +544,30 @@ fn mixed_size_section(rt: &tokio::runtime::Runtime, quick: bool, plots: &plots::
             fmt(ufo)
         );
         let x = per_mille as f64 / 10.0;
-        for (curve, r) in curves.iter_mut().zip([Some(ours), lru, ufo]) {
+        for ((curve, object), r) in
+            curves
+                .iter_mut()
+                .zip(object_curves.iter_mut())
+                .zip([Some(ours), lru, ufo])
+        {
             if let Some(r) = r {
                 curve.1.push((x, r.byte_hit * 100.0));
+                object.1.push((x, r.hit * 100.0));
             }
         }
     }
     out.push('\n');
+    let object_curves: Vec<plots::Series> = object_curves
+        .into_iter()
+        .filter(|c| !c.1.is_empty())
+        .collect();
+    out.push_str(&plots.lines(
+        "hit-ratio-mix.svg",
+        "Hit ratio against cache size, 80/15/5 size mix",
+        "cache size (% of the data, log scale)",
+        "hit ratio (%)",
+        &object_curves,
+    ));
     let curves: Vec<plots::Series> = curves.into_iter().filter(|c| !c.1.is_empty()).collect();
     out.push_str(&plots.lines(
         "byte-hit-ratio-mix.svg",
