@@ -26,7 +26,6 @@ use crate::entry::{
     MAX_CHARGE,
 };
 use crate::inflight::Inflight;
-use crate::meta::header_charge;
 use crate::shard::{Queues, Shard};
 use crate::striped::StripedCounter;
 
@@ -158,16 +157,24 @@ impl MemoryStorage {
         self.counters.remove_entry(entry.charge() as u64);
     }
 
+    /// Whether the share for parsed headers has room for `entry`'s: checked
+    /// on the hit path before anything else is done for it, so a full share
+    /// costs a hot entry's hits two loads.
+    fn hot_header_fits(&self, entry: &Entry) -> bool {
+        self.hot_used
+            .load(Ordering::Relaxed)
+            .saturating_add(entry.meta.parsed_header_charge())
+            <= self.hot_budget
+    }
+
     /// Keep a parsed copy of a hot entry's header, if the share of the
     /// capacity for them has room: its later hits clone it instead of
     /// building a header from the entry's buffer. Called after a hit, with
     /// no lock held.
     fn keep_hot_header(&self, hash: u64, entry: &Arc<Entry>, meta: &CacheMeta) {
         let header = meta.response_header();
-        let charge = header_charge(header);
-        if self.hot_used.load(Ordering::Relaxed).saturating_add(charge) > self.hot_budget
-            || self.reserve(charge).is_err()
-        {
+        let charge = entry.meta.parsed_header_charge();
+        if !self.hot_header_fits(entry) || self.reserve(charge).is_err() {
             return;
         }
         let header = header.clone();
@@ -310,7 +317,10 @@ impl MemoryStorage {
             entry.touch();
             let (meta, keep) = match maps.hot_header(hash, entry.id) {
                 Some(header) => (entry.meta.to_cache_meta_with(header.clone()), false),
-                None => (entry.meta.to_cache_meta(), hot && self.hot_budget > 0),
+                None => (
+                    entry.meta.to_cache_meta(),
+                    hot && self.hot_header_fits(entry),
+                ),
             };
             // Only an entry about to keep a header is cloned (rarely: once
             // as it turns hot), so the header can be checked to be its own.
