@@ -10,19 +10,6 @@ use pingora_cache::CacheKey;
 use crate::runner::{bench_meta, DynStorage};
 use crate::workload::{pattern, verify_chunk};
 
-/// The headers of a typical origin response, as sent (names in their case).
-const ORIGIN_HEADERS: [(&str, &str); 9] = [
-    ("Content-Type", "application/octet-stream"),
-    ("Content-Length", "4096"),
-    ("Date", "Wed, 02 Dec 2026 05:00:00 GMT"),
-    ("Last-Modified", "Tue, 01 Dec 2026 12:00:00 GMT"),
-    ("ETag", "\"5f3a-63c1b2a4e7d00\""),
-    ("Cache-Control", "public, max-age=86400"),
-    ("Accept-Ranges", "bytes"),
-    ("Server", "nginx/1.26.2"),
-    ("X-Request-Id", "7c1d0b6e-4a5f-4e0b-9a43-2f6f1c0d9e21"),
-];
-
 /// Print ns per operation for each step of a hit, on `storage`; with
 /// `origin_headers`, each entry's meta carries the nine headers of a typical
 /// origin response instead of the bench's one.
@@ -35,7 +22,7 @@ pub fn run(name: &str, storage: DynStorage, n_keys: u64, rounds: u64, origin_hea
         let meta = if origin_headers {
             tier_core::testing::meta_fresh_for(
                 std::time::Duration::from_secs(86_400),
-                &ORIGIN_HEADERS,
+                &tier_core::testing::ORIGIN_HEADERS,
             )
         } else {
             bench_meta()

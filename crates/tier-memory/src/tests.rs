@@ -12,6 +12,8 @@ use pingora_cache::trace::Span;
 use pingora_cache::CacheKey;
 use proptest::prelude::*;
 
+use tier_core::testing::write_entry;
+
 use crate::{MemoryConfig, MemoryStorage};
 
 /// How long, at most, a hit waits between building a hot entry's header and
@@ -350,14 +352,9 @@ fn a_hot_entry_keeps_a_parsed_header_until_its_meta_or_the_entry_changes() {
     rt.block_on(async {
         let key = cache_key(1);
         let first = tier_core::testing::meta_with_header("x-prop", "first");
-        let mut miss = storage
-            .get_miss_handler(&key, &first, &span)
-            .await
-            .expect("miss");
-        miss.write_body(Bytes::from_static(b"body"), true)
+        write_entry(storage, &key, &first, b"body")
             .await
             .expect("write");
-        miss.finish().await.expect("finish");
         let entry_only = storage.used_bytes();
         // Three reads make it hot; the fourth keeps its header parsed.
         for _ in 0..4 {
@@ -416,20 +413,11 @@ fn no_hit_after_a_meta_update_returns_serves_the_header_it_replaced() {
             .unwrap_or(0)
     };
     let violations = rt.block_on(async move {
-        let span = Span::inactive().handle();
         let key = cache_key(7);
-        let mut miss = storage
-            .get_miss_handler(
-                &key,
-                &tier_core::testing::meta_with_header("x-rev", "0"),
-                &span,
-            )
-            .await
-            .expect("miss");
-        miss.write_body(Bytes::from_static(b"body"), true)
+        let meta = tier_core::testing::meta_with_header("x-rev", "0");
+        write_entry(storage, &key, &meta, b"body")
             .await
             .expect("write");
-        miss.finish().await.expect("finish");
         // (clock when revision r's update returned, r)
         let updates: &'static parking_lot::Mutex<Vec<(u64, u64)>> = Box::leak(Box::default());
         let updater = tokio::spawn(async move {

@@ -176,17 +176,7 @@ fn main() {
     let tier: &'static MemoryStorage =
         Box::leak(Box::new(MemoryStorage::new(MemoryConfig::new(n * 4608))));
     section.push_str(&measure("tier-memory", tier, n, meta_bytes));
-    let origin = [
-        ("Content-Type", "application/octet-stream"),
-        ("Content-Length", "4096"),
-        ("Date", "Wed, 02 Dec 2026 05:00:00 GMT"),
-        ("Last-Modified", "Tue, 01 Dec 2026 12:00:00 GMT"),
-        ("ETag", "\"5f3a-63c1b2a4e7d00\""),
-        ("Cache-Control", "public, max-age=86400"),
-        ("Accept-Ranges", "bytes"),
-        ("Server", "nginx/1.26.2"),
-        ("X-Request-Id", "7c1d0b6e-4a5f-4e0b-9a43-2f6f1c0d9e21"),
-    ];
+    let origin = tier_core::testing::ORIGIN_HEADERS;
     let _ = writeln!(
         section,
         "\nA parsed `ResponseHeader` (pingora's, as `MemCache` and a hot entry of the memory \
