@@ -302,28 +302,28 @@ proptest! {
     }
 }
 
-#[test]
-fn queues_stay_bounded_when_keys_are_rewritten_without_eviction() {
-    let rt = tokio::runtime::Builder::new_current_thread()
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    let storage: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(
-        MemoryConfig::new(64 << 20).shards(1),
-    )));
-    let span = Span::inactive().handle();
+        .expect("runtime")
+}
+
+fn leaked(config: MemoryConfig) -> &'static MemoryStorage {
+    Box::leak(Box::new(MemoryStorage::new(config)))
+}
+
+#[test]
+fn queues_stay_bounded_when_keys_are_rewritten_without_eviction() {
+    let rt = current_thread();
+    let storage = leaked(MemoryConfig::new(64 << 20).shards(1));
     let meta = tier_core::testing::meta_with_header("x", "1");
     rt.block_on(async {
         for i in 0..10_000u32 {
             let key = cache_key((i % 4) as u8);
-            let mut miss = storage
-                .get_miss_handler(&key, &meta, &span)
-                .await
-                .expect("miss");
-            miss.write_body(Bytes::from_static(b"x"), true)
+            write_entry(storage, &key, &meta, b"x")
                 .await
                 .expect("write");
-            miss.finish().await.expect("finish");
         }
     });
     assert!(
@@ -335,13 +335,8 @@ fn queues_stay_bounded_when_keys_are_rewritten_without_eviction() {
 
 #[test]
 fn a_hot_entry_keeps_a_parsed_header_until_its_meta_or_the_entry_changes() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let storage: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(
-        MemoryConfig::new(1 << 20).shards(1),
-    )));
+    let rt = current_thread();
+    let storage = leaked(MemoryConfig::new(1 << 20).shards(1));
     let span = Span::inactive().handle();
     let hot_bytes = || storage.shards[0].maps.read().hot_bytes();
     let x_prop = |meta: &pingora_cache::CacheMeta| {
@@ -401,9 +396,7 @@ fn no_hit_after_a_meta_update_returns_serves_the_header_it_replaced() {
         .enable_all()
         .build()
         .expect("runtime");
-    let storage: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(
-        MemoryConfig::new(8 << 20).shards(1),
-    )));
+    let storage = leaked(MemoryConfig::new(8 << 20).shards(1));
     // One logical clock stamps when updates return and reads start.
     let clock: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
     let revision = |meta: &pingora_cache::CacheMeta| -> u64 {
