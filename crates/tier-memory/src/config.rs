@@ -51,9 +51,11 @@ impl MemoryConfig {
         self
     }
 
-    /// How many independently locked shards (default: one per 16 MiB of
-    /// capacity, from 1 to 64). Rounded up to a power of two. Each shard runs
-    /// its own S3-FIFO, so many small shards lose hit ratio.
+    /// How many independently locked shards of the key space (default: one
+    /// per 16 MiB of capacity, from 1 to 64). Rounded up to a power of two.
+    /// Lookups of keys in different shards share no lock; eviction is one
+    /// S3-FIFO order over all shards, so the count does not change what is
+    /// kept.
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards);
         self
@@ -103,9 +105,8 @@ impl MemoryConfig {
     }
 
     pub(crate) fn effective_shards(&self) -> usize {
-        // Each shard evicts on its own, so it must hold enough entries for
-        // S3-FIFO's queues to tell popular from one-time keys: small caches
-        // get fewer shards.
+        // Shards only split the lookup lock (eviction is one order over all
+        // of them): a small cache sees too few lookups to need many.
         let by_size = (self.capacity_bytes / (16 << 20)).clamp(1, 64);
         self.shards
             .unwrap_or(by_size)
