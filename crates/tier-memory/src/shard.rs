@@ -283,10 +283,16 @@ impl Queues {
     }
 
     /// Drop queue items of removed entries once they outnumber the live
-    /// ones (`live`), so a cache that never fills (and so never evicts) still
-    /// has bounded queues under churn.
-    pub(crate) fn compact_if_stale<'a>(&self, live: usize, shard_of: impl Fn(u64) -> &'a Shard) {
-        if self.stale.load(Ordering::Relaxed) <= live + 64 {
+    /// ones (`live()`, asked only when there are more than 64), so a cache
+    /// that never fills (and so never evicts) still has bounded queues under
+    /// churn.
+    pub(crate) fn compact_if_stale<'a>(
+        &self,
+        live: impl FnOnce() -> usize,
+        shard_of: impl Fn(u64) -> &'a Shard,
+    ) {
+        let stale = self.stale.load(Ordering::Relaxed);
+        if stale <= 64 || stale <= live() + 64 {
             return;
         }
         let mut fifos = self.fifos.lock();

@@ -699,10 +699,10 @@ impl HandleMiss for MemoryMissHandler {
         if let Some((old, hot)) = replaced {
             storage.release_entry(&old, hot);
         }
-        let live = storage.counters.snapshot().entries as usize;
-        storage
-            .queues
-            .compact_if_stale(live, |hash| storage.shard(hash));
+        storage.queues.compact_if_stale(
+            || storage.counters.snapshot().entries as usize,
+            |hash| storage.shard(hash),
+        );
         Ok(MissFinishType::Created(charge))
     }
 
