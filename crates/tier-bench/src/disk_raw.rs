@@ -94,22 +94,24 @@ pub fn measure(dir: &Path, workload: &Workload, n_files: u64) -> std::io::Result
     Ok(rates)
 }
 
-/// The raw rates as a markdown table, labelled with the workload's sizes.
-/// Read `n` records of `workload`'s bodies, laid out as the disk tier lays
-/// them out (a head of 200 bytes, then each 64 KiB block and its checksum),
-/// from one already open file with `pread`, from `threads` threads, checking
-/// each block's XXH3 checksum: the floor a disk hit is compared to.
-pub fn pread_records(
-    dir: &Path,
-    workload: &Workload,
-    n: u64,
-    threads: usize,
-) -> std::io::Result<RawRate> {
-    use std::os::unix::fs::FileExt;
-    const HEAD: usize = 200;
-    const BLOCK: usize = 64 << 10;
-    let sub = tempfile::tempdir_in(dir)?;
-    let path = sub.path().join("records");
+/// Head bytes ahead of a record's blocks, as the disk tier's records have.
+const HEAD: usize = 200;
+/// Checksum block size, the disk tier's default.
+const BLOCK: usize = 64 << 10;
+
+/// Records written into one file: where each is, how long, its body's length.
+pub struct Records {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// `(offset, record length, body length)` of record `i` (key `i`).
+    pub offsets: Vec<(u64, usize, usize)>,
+}
+
+/// Write `workload`'s first `n` bodies as records laid out as the disk tier
+/// lays them out (a head of 200 bytes, then each 64 KiB block and its XXH3
+/// checksum) into one file under `dir`, synced.
+pub fn write_records(dir: &Path, workload: &Workload, n: u64) -> std::io::Result<Records> {
+    let path = dir.join("records");
     let mut file = File::create(&path)?;
     let mut offsets = Vec::with_capacity(n as usize);
     let mut at = 0u64;
@@ -125,8 +127,51 @@ pub fn pread_records(
         at += rec.len() as u64;
     }
     file.sync_data()?;
-    let file = std::sync::Arc::new(File::open(&path)?);
-    let offsets = std::sync::Arc::new(offsets);
+    Ok(Records { path, offsets })
+}
+
+/// Check record `i` as read: every block's checksum, and its first block
+/// against key `i`'s pattern.
+pub fn check_record(buf: &[u8], body_len: usize, i: u64) -> std::io::Result<()> {
+    let mut pos = HEAD;
+    let mut left = body_len;
+    let expected = Expected::new(i, body_len.min(BLOCK));
+    while left > 0 {
+        let take = left.min(BLOCK);
+        let (Some(block), Some(crc)) = (
+            buf.get(pos..pos + take),
+            buf.get(pos + take..pos + take + 4),
+        ) else {
+            return Err(std::io::Error::other("raw record cut short"));
+        };
+        if u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]])
+            != xxhash_rust::xxh3::xxh3_64(block) as u32
+        {
+            return Err(std::io::Error::other("raw record checksum"));
+        }
+        if pos == HEAD && !expected.check(0, block) {
+            return Err(std::io::Error::other("raw record bytes"));
+        }
+        pos += take + 4;
+        left -= take;
+    }
+    Ok(())
+}
+
+/// Read `n` records of `workload`'s bodies (see [`write_records`]) from one
+/// already open file with `pread`, from `threads` threads, each checked with
+/// [`check_record`]: the floor a disk hit is compared to.
+pub fn pread_records(
+    dir: &Path,
+    workload: &Workload,
+    n: u64,
+    threads: usize,
+) -> std::io::Result<RawRate> {
+    use std::os::unix::fs::FileExt;
+    let sub = tempfile::tempdir_in(dir)?;
+    let records = write_records(sub.path(), workload, n)?;
+    let file = std::sync::Arc::new(File::open(&records.path)?);
+    let offsets = std::sync::Arc::new(records.offsets);
     let started = Instant::now();
     let handles: Vec<_> = (0..threads.max(1))
         .map(|t| {
@@ -138,23 +183,7 @@ pub fn pread_records(
                 {
                     let mut buf = vec![0u8; len];
                     file.read_exact_at(&mut buf, at)?;
-                    let mut pos = HEAD;
-                    let mut left = body_len;
-                    let expected = Expected::new(i as u64, body_len.min(BLOCK));
-                    while left > 0 {
-                        let take = left.min(BLOCK);
-                        let block = &buf[pos..pos + take];
-                        let mut crc = [0u8; 4];
-                        crc.copy_from_slice(&buf[pos + take..pos + take + 4]);
-                        if u32::from_le_bytes(crc) != xxhash_rust::xxh3::xxh3_64(block) as u32 {
-                            return Err(std::io::Error::other("raw record checksum"));
-                        }
-                        if pos == HEAD && !expected.check(0, block) {
-                            return Err(std::io::Error::other("raw record bytes"));
-                        }
-                        pos += take + 4;
-                        left -= take;
-                    }
+                    check_record(&buf, body_len, i as u64)?;
                     bytes += body_len as u64;
                 }
                 Ok(bytes)
@@ -175,6 +204,7 @@ pub fn pread_records(
     })
 }
 
+/// The raw rates as a markdown table, labelled with the workload's sizes.
 pub fn raw_markdown_wrapper(rates: &[RawRate], workload: &Workload) -> String {
     crate::report::raw_markdown(rates, &workload.size.label())
 }

@@ -23,6 +23,7 @@ mod plots;
 mod policy_study;
 mod progress;
 mod proxy_bench;
+mod read_paths;
 mod redis_bench;
 mod report;
 mod runner;
@@ -64,7 +65,7 @@ const TASKS: usize = 4;
 
 struct Args {
     quick: bool,
-    /// Run only this section: `hit`, `insert`, `ratio`, `study`, `disk`, `hybrid`, `proxy` or `raw`.
+    /// Run only this section: `hit`, `insert`, `ratio`, `study`, `disk`, `large`, `reads`, `hybrid`, `proxy` or `raw`.
     only: Option<String>,
     /// Run only storages whose name contains this (with `--micro`: is this).
     storage: Option<String>,
@@ -104,7 +105,7 @@ fn parse_args() -> Result<Args, String> {
             "--storage" => args.storage = Some(it.next().ok_or("--storage needs a name")?),
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
             "-h" | "--help" => {
-                println!("usage: tier-bench [--quick] [--only hit|latency|insert|ratio|study|ttfb|disk|hybrid|proxy|redis|raw] [--micro [--rounds N] [--origin-headers]] [--storage NAME] [--out DIR]");
+                println!("usage: tier-bench [--quick] [--only hit|latency|insert|ratio|study|ttfb|disk|large|reads|hybrid|proxy|redis|raw] [--micro [--rounds N] [--origin-headers]] [--storage NAME] [--out DIR]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
@@ -306,6 +307,26 @@ fn main() {
             report.push_str(&disk_bench::section(&rt, &disk_dir, args.quick, TASKS));
         }
         std::fs::remove_dir_all(&disk_dir).ok();
+    }
+
+    if run("large") {
+        progress.start("large");
+        let large_dir = args.out.join("disk-large");
+        if std::fs::create_dir_all(&large_dir).is_ok() {
+            report.push_str(&disk_bench::large_section(
+                &rt, &large_dir, args.quick, TASKS,
+            ));
+        }
+        std::fs::remove_dir_all(&large_dir).ok();
+    }
+
+    if run("reads") {
+        progress.start("reads");
+        let reads_dir = args.out.join("read-paths");
+        if std::fs::create_dir_all(&reads_dir).is_ok() {
+            report.push_str(&read_paths::section(&rt, &reads_dir, args.quick));
+        }
+        std::fs::remove_dir_all(&reads_dir).ok();
     }
 
     if run("hybrid") {

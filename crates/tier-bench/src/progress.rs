@@ -15,6 +15,8 @@ const ROUGH: &[(&str, u64)] = &[
     ("ratio", 60),
     ("ttfb", 20),
     ("disk", 150),
+    ("large", 40),
+    ("reads", 30),
     ("hybrid", 30),
     ("proxy", 100),
     ("redis", 40),
