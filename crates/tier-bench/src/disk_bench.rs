@@ -316,7 +316,8 @@ fn large(rt: &Runtime, dir: &Path, quick: bool, tasks: usize) -> std::io::Result
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "### Disk tier, 1 MiB bodies, against raw files\n\n         {} keys of 1 MiB, {rounds} rounds; each round writes them into a fresh tier \
+        "### Disk tier, 1 MiB bodies, against raw files\n\n\
+         {} keys of 1 MiB, {rounds} rounds; each round writes them into a fresh tier \
          (`Durability::Data`, {tasks} writers) and as raw files (one file per body, an fsync \
          each, one thread), then reads them back from both (the tier: {tasks} tasks, every \
          block's checksum checked by the tier and every byte by the bench; raw: one thread, \
