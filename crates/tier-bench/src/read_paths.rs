@@ -315,6 +315,7 @@ fn run(rt: &Runtime, dir: &Path, quick: bool) -> std::io::Result<String> {
         let recs = Arc::new(write_records(sub.path(), &w, n_records)?);
         let file = Arc::new(File::open(&recs.path)?);
         let (threads_way, threads) = start_threads(&file);
+        #[cfg_attr(not(feature = "peers"), allow(unused_mut))]
         let mut ways = vec![Way::NoWait, Way::Pool, threads_way];
         #[cfg(feature = "peers")]
         let uring = match start_uring(&recs.path) {
