@@ -33,7 +33,7 @@ fn proxy_binary() -> Option<PathBuf> {
 }
 
 /// The proxy's user and user + system CPU time so far, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
+pub(crate) fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold
     // spaces: state is the first, utime the 12th, stime the 13th.
@@ -43,7 +43,7 @@ fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     Some((user, user + fields.get(12)?.parse::<u64>().ok()?))
 }
 
-fn clock_ticks_per_second() -> f64 {
+pub(crate) fn clock_ticks_per_second() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()

@@ -77,36 +77,38 @@ impl Way {
         n: u64,
     ) -> std::io::Result<(Vec<u8>, bool)> {
         match self {
-            Way::NoWait => {
-                if let Some(buf) = read_nowait(file, at, len) {
-                    return Ok((buf, false));
-                }
-                let file = file.clone();
-                let buf = tokio::task::spawn_blocking(move || pread(&file, at, len))
-                    .await
-                    .map_err(std::io::Error::other)??;
-                Ok((buf, true))
-            }
-            Way::Pool => {
-                let file = file.clone();
-                let buf = tokio::task::spawn_blocking(move || pread(&file, at, len))
-                    .await
-                    .map_err(std::io::Error::other)??;
-                Ok((buf, true))
-            }
+            Way::NoWait => match read_nowait(file, at, len) {
+                Some(buf) => Ok((buf, false)),
+                None => Ok((on_pool(file, at, len).await?, true)),
+            },
+            Way::Pool => Ok((on_pool(file, at, len).await?, true)),
             Way::Threads(queues) => {
-                let (done, wait) = oneshot::channel();
-                let _ = queues[(n % queues.len() as u64) as usize].send(Request { at, len, done });
-                Ok((wait.await.map_err(std::io::Error::other)??, true))
+                let queue = &queues[(n % queues.len() as u64) as usize];
+                Ok((ask(queue, at, len).await?, true))
             }
             #[cfg(feature = "peers")]
-            Way::Uring(queue) => {
-                let (done, wait) = oneshot::channel();
-                let _ = queue.send(Request { at, len, done });
-                Ok((wait.await.map_err(std::io::Error::other)??, true))
-            }
+            Way::Uring(queue) => Ok((ask(queue, at, len).await?, true)),
         }
     }
+}
+
+/// A read on tokio's blocking pool.
+async fn on_pool(file: &Arc<File>, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || pread(&file, at, len))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// A read queued to an I/O thread, answered through a oneshot.
+async fn ask(
+    queue: &mpsc::UnboundedSender<Request>,
+    at: u64,
+    len: usize,
+) -> std::io::Result<Vec<u8>> {
+    let (done, wait) = oneshot::channel();
+    let _ = queue.send(Request { at, len, done });
+    wait.await.map_err(std::io::Error::other)?
 }
 
 fn pread(file: &File, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
@@ -195,19 +197,11 @@ fn start_uring(path: &Path) -> std::io::Result<(Way, std::thread::JoinHandle<()>
     Ok((Way::Uring(tx), thread))
 }
 
-/// Process CPU time (user + system) so far.
+/// This process's CPU time (user + system) so far, read as the proxy
+/// section reads the proxy's.
 fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // utime and stime are fields 14 and 15 of the line; after ") " the
-    // state (a letter, not parsed) is field 3, so they sit at 10 and 11 here.
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
+    let ticks = crate::proxy_bench::cpu_ticks(std::process::id()).map_or(0, |(_, all)| all);
+    Duration::from_secs_f64(ticks as f64 / crate::proxy_bench::clock_ticks_per_second())
 }
 
 /// Reads per second, CPU per read, and the share that hopped threads.
