@@ -14,6 +14,8 @@
 //!   `seek` and `seek_multipart`.
 //! - [`key`]: the key-to-file-name hash (the raw key never becomes a path) and
 //!   the conversion from a compact key back to a [`CacheKey`](pingora_cache::CacheKey).
+//! - [`meta::StoredMeta`]: a response's meta as one compact buffer, the form
+//!   the memory and disk tiers keep (no zstd to undo on a hit).
 //! - [`error`]: helpers that build `pingora_error::Error`s naming the operation
 //!   and the key hash.
 //!
@@ -59,6 +61,7 @@
 mod body;
 pub mod error;
 pub mod key;
+pub mod meta;
 mod plain;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;

@@ -34,7 +34,9 @@
 //! 0   4  magic "TSR2"
 //! 4   1  kind: 1 entry, 2 fragment, 3 meta update, 4 purge, 5 void (a
 //!        record whose group commit failed: skipped)
-//! 5   1  zero
+//! 5   1  meta form: 1 the tier's meta (tier_core's `StoredMeta` buffer,
+//!        in the H bytes; I is 0), 0 pingora's serialized meta (I and H;
+//!        records written before form 1, still read) or none
 //! 6   2  key length K
 //! 8   8  sequence number (increasing over the whole log)
 //! 16  8  entry id (the sequence number of the write that made the entry)
@@ -46,8 +48,9 @@
 //!        key, meta and extra bytes
 //! 52  K  key: primary hash (16), variance flag (1) [+ variance hash (16)],
 //!        user tag (rest)
-//! ..  I  pingora's serialized internal meta
-//! ..  H  pingora's serialized response header
+//! ..  I  form 0: pingora's serialized internal meta
+//! ..  H  form 1: the meta (`StoredMeta`); form 0: pingora's serialized
+//!        (zstd-compressed) response header
 //! ..  X  extra: entry, its fragments (16 B each: segment id, offset,
 //!        length); meta update, the entry record's location (8), its
 //!        length (4), zero (4), and the record it replaces (8); purge, the
@@ -64,7 +67,10 @@
 //! before it hands the bytes out, and their seed binds a block to its entry
 //! and position so blocks of two writes can never be mixed.
 
+use bytes::Bytes;
 use pingora_cache::key::CompactCacheKey;
+use pingora_cache::CacheMeta;
+use tier_core::meta::StoredMeta;
 
 pub(crate) const SEG_MAGIC: [u8; 8] = *b"TIERSSEG";
 pub(crate) const FOOTER_MAGIC: [u8; 8] = *b"TIERSEND";
@@ -367,6 +373,8 @@ pub(crate) struct Fixed {
     pub(crate) entry_id: u64,
     pub(crate) body_len: u64,
     pub(crate) key_len: usize,
+    /// `META_STORED` or `META_PINGORA` (byte 5).
+    pub(crate) meta_form: u8,
     pub(crate) internal_len: usize,
     pub(crate) header_len: usize,
     pub(crate) extra_len: usize,
@@ -424,6 +432,7 @@ pub(crate) fn decode_fixed(b: &[u8]) -> Result<Fixed, FormatError> {
     body[..6].copy_from_slice(&b[24..30]);
     let fixed = Fixed {
         kind,
+        meta_form: b[5],
         key_len: u16::from_le_bytes([b[6], b[7]]) as usize,
         seq: u64_at(b, 8),
         entry_id: u64_at(b, 16),
@@ -435,8 +444,11 @@ pub(crate) fn decode_fixed(b: &[u8]) -> Result<Fixed, FormatError> {
         header_block_crc: u32_at(b, 44),
         crc: u32_at(b, 48),
     };
-    if b[5] != 0 {
-        return Err(FormatError::Corrupt("reserved bytes set"));
+    match fixed.meta_form {
+        META_PINGORA => {}
+        META_STORED if fixed.internal_len == 0 => {}
+        META_STORED => return Err(FormatError::Corrupt("a stored meta with pingora's fields")),
+        _ => return Err(FormatError::Corrupt("unknown meta form")),
     }
     if fixed.key_len < 17 || fixed.key_len > MAX_KEY_LEN {
         return Err(FormatError::Corrupt("key length out of range"));
@@ -453,25 +465,33 @@ pub(crate) fn decode_fixed(b: &[u8]) -> Result<Fixed, FormatError> {
     Ok(fixed)
 }
 
+/// Byte 5 of a record: its meta is the tier's (`StoredMeta`).
+pub(crate) const META_STORED: u8 = 1;
+/// Byte 5 of a record: its meta is pingora's serialized form, or it has none.
+pub(crate) const META_PINGORA: u8 = 0;
+
 /// A record's key, meta and extra, checked against the header checksum.
-/// The meta and extra bytes stay in one buffer (one allocation a lookup).
+/// The meta and extra bytes are a slice of the record as read (no copy on
+/// a lookup).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Head {
     pub(crate) fixed: Fixed,
     pub(crate) key: CompactCacheKey,
-    rest: Vec<u8>,
+    rest: Bytes,
 }
 
 impl Head {
-    /// pingora's serialized internal meta.
-    pub(crate) fn internal(&self) -> &[u8] {
-        &self.rest[..self.fixed.internal_len]
-    }
-
-    /// pingora's serialized response header.
-    pub(crate) fn header(&self) -> &[u8] {
-        let at = self.fixed.internal_len;
-        &self.rest[at..at + self.fixed.header_len]
+    /// The record's meta (an entry's or a meta update's), decoded by its
+    /// form; a meta that does not decode is corrupt.
+    pub(crate) fn meta(&self) -> Result<CacheMeta, FormatError> {
+        let i = self.fixed.internal_len;
+        let h = i + self.fixed.header_len;
+        let decoded = if self.fixed.meta_form == META_STORED {
+            StoredMeta::from_bytes(self.rest.slice(i..h)).to_cache_meta()
+        } else {
+            CacheMeta::deserialize(&self.rest[..i], &self.rest[i..h])
+        };
+        decoded.map_err(|_| FormatError::Corrupt("its meta does not decode"))
     }
 
     /// The kind's extra bytes.
@@ -481,21 +501,40 @@ impl Head {
 }
 
 /// Decode the head of the record at the start of `b` (which holds at least
-/// its fixed part and variable part), checking the header checksum.
+/// its fixed part and variable part), checking the header checksum. The
+/// head copies its meta and extra out of `b`.
 pub(crate) fn decode_head(b: &[u8]) -> Result<Head, FormatError> {
+    let (fixed, key, rest) = decode_head_parts(b)?;
+    Ok(Head {
+        fixed,
+        key,
+        rest: Bytes::copy_from_slice(&b[rest]),
+    })
+}
+
+/// As [`decode_head`], the head's meta and extra a slice of `b`.
+pub(crate) fn decode_head_in(b: &Bytes) -> Result<Head, FormatError> {
+    let (fixed, key, rest) = decode_head_parts(b)?;
+    Ok(Head {
+        fixed,
+        key,
+        rest: b.slice(rest),
+    })
+}
+
+fn decode_head_parts(
+    b: &[u8],
+) -> Result<(Fixed, CompactCacheKey, std::ops::Range<usize>), FormatError> {
     let fixed = decode_fixed(b)?;
+    let end = FIXED_LEN + fixed.var_len();
     let var = b
-        .get(FIXED_LEN..FIXED_LEN + fixed.var_len())
+        .get(FIXED_LEN..end)
         .ok_or(FormatError::Corrupt("record shorter than its lengths say"))?;
     if crc32(&[&b[0..48], var]) != fixed.crc {
         return Err(FormatError::Corrupt("record header checksum mismatch"));
     }
-    let (key_bytes, rest) = var.split_at(fixed.key_len);
-    Ok(Head {
-        fixed,
-        key: decode_key(key_bytes)?,
-        rest: rest.to_vec(),
-    })
+    let key = decode_key(&var[..fixed.key_len])?;
+    Ok((fixed, key, FIXED_LEN + fixed.key_len..end))
 }
 
 pub(crate) fn encode_key(key: &CompactCacheKey, out: &mut Vec<u8>) {
@@ -559,14 +598,45 @@ pub(crate) struct RecordSpec<'a> {
     pub(crate) entry_id: u64,
     pub(crate) body_len: u64,
     pub(crate) key: &'a CompactCacheKey,
-    pub(crate) internal: &'a [u8],
-    pub(crate) header: &'a [u8],
+    pub(crate) meta: RecordMeta<'a>,
     pub(crate) extra: &'a [u8],
     /// Body bytes stored in this record, and the index in the whole body of
     /// their first block.
     pub(crate) data: &'a [u8],
     pub(crate) first_block: u64,
     pub(crate) block_size: usize,
+}
+
+/// The meta a record carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RecordMeta<'a> {
+    /// None: a fragment, a purge.
+    None,
+    /// A `StoredMeta` buffer (form 1, what this build writes).
+    Stored(&'a [u8]),
+    /// pingora's serialized internal meta and header (form 0): what records
+    /// written before form 1 carry, written here only to test reading them.
+    #[cfg(test)]
+    Pingora(&'a [u8], &'a [u8]),
+}
+
+impl<'a> RecordMeta<'a> {
+    fn form(&self) -> u8 {
+        match self {
+            RecordMeta::Stored(_) => META_STORED,
+            _ => META_PINGORA,
+        }
+    }
+
+    /// The I bytes and the H bytes.
+    fn parts(&self) -> (&'a [u8], &'a [u8]) {
+        match *self {
+            RecordMeta::None => (&[], &[]),
+            RecordMeta::Stored(meta) => (&[], meta),
+            #[cfg(test)]
+            RecordMeta::Pingora(internal, header) => (internal, header),
+        }
+    }
 }
 
 /// The length `spec` will have on disk.
@@ -577,8 +647,8 @@ pub(crate) fn record_len(spec: &RecordSpec<'_>) -> u64 {
     } else {
         stored_len(data, spec.block_size)
     };
-    (FIXED_LEN + key_len(spec.key) + spec.internal.len() + spec.header.len() + spec.extra.len())
-        as u64
+    let (internal, header) = spec.meta.parts();
+    (FIXED_LEN + key_len(spec.key) + internal.len() + header.len() + spec.extra.len()) as u64
         + stored
 }
 
@@ -587,8 +657,9 @@ pub(crate) fn check_spec(spec: &RecordSpec<'_>) -> Result<(), &'static str> {
     if key_len(spec.key) > MAX_KEY_LEN {
         return Err("the key's user tag is longer than the 4,096 bytes a record holds");
     }
-    if spec.internal.len() > MAX_INTERNAL_LEN || spec.header.len() > MAX_HEADER_LEN {
-        return Err("the serialized meta is larger than a record holds");
+    let (internal, header) = spec.meta.parts();
+    if internal.len() > MAX_INTERNAL_LEN || header.len() > MAX_HEADER_LEN {
+        return Err("the meta is larger than a record holds");
     }
     if spec.extra.len() > MAX_EXTRA_LEN {
         return Err("the body has more fragments than a record can list");
@@ -609,12 +680,14 @@ pub(crate) fn encode_record(spec: &RecordSpec<'_>, out: &mut Vec<u8>) {
     let mut fixed = [0u8; FIXED_LEN];
     fixed[0..4].copy_from_slice(&REC_MAGIC);
     fixed[4] = spec.kind as u8;
+    fixed[5] = spec.meta.form();
+    let (internal, header) = spec.meta.parts();
     fixed[6..8].copy_from_slice(&(key_len(spec.key) as u16).to_le_bytes());
     fixed[8..16].copy_from_slice(&spec.seq.to_le_bytes());
     fixed[16..24].copy_from_slice(&spec.entry_id.to_le_bytes());
     fixed[24..30].copy_from_slice(&spec.body_len.to_le_bytes()[..6]);
-    fixed[30..32].copy_from_slice(&(spec.internal.len() as u16).to_le_bytes());
-    fixed[32..36].copy_from_slice(&(spec.header.len() as u32).to_le_bytes());
+    fixed[30..32].copy_from_slice(&(internal.len() as u16).to_le_bytes());
+    fixed[32..36].copy_from_slice(&(header.len() as u32).to_le_bytes());
     fixed[36..40].copy_from_slice(&(spec.extra.len() as u32).to_le_bytes());
     fixed[40..44].copy_from_slice(&(spec.data.len() as u32).to_le_bytes());
     if one_block {
@@ -623,8 +696,8 @@ pub(crate) fn encode_record(spec: &RecordSpec<'_>, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(&fixed);
     encode_key(spec.key, out);
-    out.extend_from_slice(spec.internal);
-    out.extend_from_slice(spec.header);
+    out.extend_from_slice(internal);
+    out.extend_from_slice(header);
     out.extend_from_slice(spec.extra);
     let crc = crc32(&[&out[start..start + 48], &out[start + FIXED_LEN..]]);
     out[start + 48..start + 52].copy_from_slice(&crc.to_le_bytes());
@@ -826,6 +899,11 @@ mod tests {
     }
 
     fn sample(data: &[u8]) -> Vec<u8> {
+        let meta = StoredMeta::new(&tier_core::testing::meta_with_header("x-a", "1")).expect("meta");
+        sample_with(data, RecordMeta::Stored(meta.as_bytes()))
+    }
+
+    fn sample_with(data: &[u8], meta: RecordMeta<'_>) -> Vec<u8> {
         let key = key();
         let mut out = Vec::new();
         encode_record(
@@ -835,8 +913,7 @@ mod tests {
                 entry_id: 42,
                 body_len: data.len() as u64,
                 key: &key,
-                internal: b"internal",
-                header: b"header",
+                meta,
                 extra: &[],
                 data,
                 first_block: 0,
@@ -856,8 +933,16 @@ mod tests {
         assert_eq!(head.fixed.entry_id, 42);
         assert_eq!(head.fixed.seq, 7);
         assert_eq!(head.fixed.body_len, 10_000);
-        assert_eq!(head.internal(), b"internal");
-        assert_eq!(head.header(), b"header");
+        assert_eq!(head.fixed.meta_form, META_STORED);
+        let meta = head.meta().expect("meta");
+        assert_eq!(meta.headers().get("x-a").expect("x-a"), "1");
+        assert!(head.extra().is_empty());
+        // Decoded in place, the head is the same and its meta a slice of the
+        // record.
+        let shared = Bytes::from(bytes.clone());
+        let in_place = decode_head_in(&shared).expect("decodes");
+        assert_eq!(in_place, head);
+        assert!(shared.as_ptr_range().contains(&in_place.rest.as_ptr()));
         assert_eq!(head.fixed.record_len(MIN_BLOCK), bytes.len() as u64);
         let start = head.fixed.data_start() as usize;
         let ranges = check_blocks(&bytes[start..], 10_000, MIN_BLOCK, 42, 0, true).expect("checks");
@@ -887,6 +972,43 @@ mod tests {
             });
             assert!(ok.is_err(), "flip of bit {bit} went unnoticed");
         }
+    }
+
+    /// Records written before the tier kept its own meta form carry
+    /// pingora's serialized meta (form 0): still read, to the same meta.
+    #[test]
+    fn a_record_with_pingoras_meta_form_still_reads() {
+        let meta = tier_core::testing::meta_with_header("x-old", "yes");
+        let (internal, header) = meta.serialize().expect("serialize");
+        let bytes = sample_with(b"body", RecordMeta::Pingora(&internal, &header));
+        let head = decode_head(&bytes).expect("decodes");
+        assert_eq!(head.fixed.meta_form, META_PINGORA);
+        let back = head.meta().expect("meta");
+        assert_eq!(back.serialize().expect("ser"), meta.serialize().expect("ser"));
+        // Garbage in pingora's fields is corrupt, not a panic.
+        let bytes = sample_with(b"body", RecordMeta::Pingora(b"internal", b"header"));
+        let head = decode_head(&bytes).expect("decodes");
+        assert_eq!(
+            head.meta().map(|_| ()),
+            Err(FormatError::Corrupt("its meta does not decode"))
+        );
+    }
+
+    #[test]
+    fn an_unknown_meta_form_is_corrupt() {
+        let mut bytes = sample(b"x");
+        bytes[5] = 2;
+        assert_eq!(
+            decode_head(&bytes),
+            Err(FormatError::Corrupt("unknown meta form"))
+        );
+        // Form 1 keeps nothing in pingora's internal field.
+        let mut bytes = sample(b"x");
+        bytes[30] = 1;
+        assert_eq!(
+            decode_head(&bytes),
+            Err(FormatError::Corrupt("a stored meta with pingora's fields"))
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pingora_cache::key::CompactCacheKey;
+use tier_core::meta::StoredMeta;
 use tokio::sync::watch;
 
 use crate::format::FragRef;
@@ -46,8 +47,7 @@ pub(crate) enum At {
 pub(crate) struct Inflight {
     pub(crate) key: CompactCacheKey,
     pub(crate) id: u64,
-    pub(crate) internal: Vec<u8>,
-    pub(crate) header: Vec<u8>,
+    pub(crate) meta: StoredMeta,
     pub(crate) block_size: usize,
     pub(crate) fragment_bytes: usize,
     pub(crate) body: parking_lot::Mutex<Body>,

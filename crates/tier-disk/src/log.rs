@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Durability;
 use crate::format::{
-    self, encode_record, loc, Kind, RecordSpec, SummaryLine, FOOTER_LEN, SUMMARY_AUX, SUMMARY_LINE,
+    self, encode_record, loc, Kind, RecordMeta, RecordSpec, SummaryLine, FOOTER_LEN, SUMMARY_AUX,
+    SUMMARY_LINE,
 };
 use crate::index::Slot;
 use crate::recover;
@@ -297,8 +298,7 @@ pub(crate) fn purge_record(store: &Store, key: &CompactCacheKey, target: u64) ->
             entry_id: 0,
             body_len: 0,
             key,
-            internal: &[],
-            header: &[],
+            meta: RecordMeta::None,
             extra: &target.to_le_bytes(),
             data: &[],
             first_block: 0,

@@ -23,7 +23,7 @@ use tier_core::EvictedEntry;
 use tokio::sync::watch;
 
 use crate::format::{
-    check_blocks, check_record_data, decode_frags, decode_head, decode_meta_ref, key_len,
+    check_blocks, check_record_data, decode_frags, decode_head_in, decode_meta_ref, key_len,
     loc_parts, stored_len, FormatError, FragRef, Head, Kind, CRC_LEN, FIXED_LEN,
 };
 use crate::index::Slot;
@@ -72,15 +72,9 @@ struct Tail {
 }
 
 impl Tail {
-    fn new(
-        rec: Vec<u8>,
-        head: &Head,
-        block: usize,
-        verify: bool,
-    ) -> std::result::Result<Tail, String> {
+    fn new(raw: Bytes, head: &Head, block: usize, verify: bool) -> std::result::Result<Tail, String> {
         let start = head.fixed.data_start() as usize;
         let end = head.fixed.record_len(block) as usize;
-        let raw = Bytes::from(rec);
         let data = raw
             .get(start..end)
             .ok_or_else(|| "the record is cut short".to_string())?;
@@ -163,12 +157,12 @@ impl From<FormatError> for Unusable {
 }
 
 /// Decode a record read for a lookup, reading the rest if the first read
-/// was short.
+/// was short. The head's meta is a slice of the record's bytes.
 pub(crate) async fn read_record(
     store: &Store,
     seg: &Arc<Segment>,
     slot: Slot,
-) -> Result<std::result::Result<(Vec<u8>, Head), Unusable>> {
+) -> Result<std::result::Result<(Bytes, Head), Unusable>> {
     let first_len = slot.read_len().unwrap_or(64 << 10) as usize;
     let mut rec = read_bytes(store, seg, slot.offset(), first_len).await?;
     let fixed = match crate::format::decode_fixed(&rec) {
@@ -183,7 +177,8 @@ pub(crate) async fn read_record(
         return Ok(Err(Unusable::Bad("the record is cut short".into())));
     }
     rec.truncate(len);
-    Ok(decode_head(&rec)
+    let rec = Bytes::from(rec);
+    Ok(decode_head_in(&rec)
         .map(|head| (rec, head))
         .map_err(Unusable::from))
 }
@@ -198,7 +193,7 @@ pub(crate) async fn find(
 ) -> Result<Option<(CacheMeta, DiskHitHandler)>> {
     let hash = crate::format::key_hash(&key);
     if let Some(inflight) = store.following(hash, &key, id) {
-        if let Ok(meta) = CacheMeta::deserialize(&inflight.internal, &inflight.header) {
+        if let Ok(meta) = inflight.meta.to_cache_meta() {
             store.counters.record_hit();
             return Ok(Some((
                 meta,
@@ -255,9 +250,9 @@ async fn lookup_slot(
     if id.is_some_and(|id| id != head.fixed.entry_id) {
         return Ok(Err(Unusable::Other));
     }
-    let meta = match CacheMeta::deserialize(head.internal(), head.header()) {
+    let meta = match head.meta() {
         Ok(m) => m,
-        Err(_) => return Ok(Err(Unusable::Bad("its meta does not decode".into()))),
+        Err(e) => return Ok(Err(e.into())),
     };
     let weight = rec.len();
     let (body_seg, rec, body_head) = match head.fixed.kind {
@@ -337,9 +332,9 @@ pub(crate) fn evicted_entry(
     offset: u64,
     len: u64,
 ) -> Option<EvictedEntry> {
-    let rec = seg.read(offset, len as usize).ok()?;
-    let head = decode_head(&rec).ok()?;
-    let meta = CacheMeta::deserialize(head.internal(), head.header()).ok()?;
+    let rec = Bytes::from(seg.read(offset, len as usize).ok()?);
+    let head = decode_head_in(&rec).ok()?;
+    let meta = head.meta().ok()?;
     let hash = crate::format::key_hash(&head.key);
     let key = head.key.clone();
     let id = head.fixed.entry_id;
@@ -361,7 +356,7 @@ impl DiskHitHandler {
         log: &WeakLog,
         hash: u64,
         seg: &Arc<Segment>,
-        rec: Vec<u8>,
+        rec: Bytes,
         head: &Head,
         slot: Option<Slot>,
         weight: usize,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora_cache::key::CompactCacheKey;
 use pingora_cache::storage::streaming_write::U64WriteId;
 use pingora_cache::storage::{
@@ -15,10 +16,11 @@ use pingora_cache::storage::{
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheEntryId, CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
+use tier_core::meta::StoredMeta;
 use tier_core::{Capabilities, EvictionListener, Tier, TierReport, TierStats};
 
 use crate::config::DiskConfig;
-use crate::format::{encode_meta_ref, encode_record, loc, Kind, MetaRef, RecordSpec};
+use crate::format::{encode_meta_ref, encode_record, loc, Kind, MetaRef, RecordMeta, RecordSpec};
 use crate::index::Slot;
 use crate::log::{Applied, Job, LogHandle};
 use crate::read::{find, read_record};
@@ -84,15 +86,15 @@ enum Current {
     Found {
         slot: Slot,
         at: u64,
-        rec: Vec<u8>,
+        rec: Bytes,
         head: crate::format::Head,
     },
 }
 
 /// What `rewrite_meta` writes.
 enum MetaChange {
-    /// The serialized internal meta and header to store.
-    Replace(Vec<u8>, Vec<u8>),
+    /// The meta to store.
+    Replace(StoredMeta),
     /// The stored meta, marked stale now.
     Expire,
 }
@@ -331,12 +333,19 @@ impl DiskStorage {
                 },
                 _ => return Ok(false),
             };
-            let (internal, header) = match &change {
-                MetaChange::Replace(internal, header) => (internal.clone(), header.clone()),
+            let expired;
+            let stored = match &change {
+                MetaChange::Replace(stored) => stored,
                 MetaChange::Expire => {
-                    let mut meta = CacheMeta::deserialize(head.internal(), head.header())?;
+                    let mut meta = head.meta().map_err(|e| {
+                        Error::explain(
+                            ErrorType::InternalError,
+                            format!("{}: expire: the stored meta: {e}", store.name),
+                        )
+                    })?;
                     meta.expire_at(SystemTime::now());
-                    meta.serialize()?
+                    expired = StoredMeta::new(&meta)?;
+                    &expired
                 }
             };
             let extra = encode_meta_ref(body);
@@ -346,8 +355,7 @@ impl DiskStorage {
                 entry_id: head.fixed.entry_id,
                 body_len: head.fixed.body_len,
                 key,
-                internal: &internal,
-                header: &header,
+                meta: RecordMeta::Stored(stored.as_bytes()),
                 extra: &extra,
                 data: &[],
                 first_block: 0,
@@ -450,8 +458,8 @@ impl Storage for DiskStorage {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let key = key.to_compact();
-        let (internal, header) = meta.serialize()?;
-        self.rewrite_meta(&key, None, MetaChange::Replace(internal, header))
+        let stored = StoredMeta::new(meta)?;
+        self.rewrite_meta(&key, None, MetaChange::Replace(stored))
             .await
     }
 

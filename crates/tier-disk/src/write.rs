@@ -18,10 +18,11 @@ use pingora_cache::storage::streaming_write::U64WriteId;
 use pingora_cache::storage::{HandleMiss, MissFinishType};
 use pingora_cache::{CacheEntryId, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
+use tier_core::meta::StoredMeta;
 use tokio::sync::watch;
 
 use crate::format::{
-    check_spec, encode_frags, encode_record, record_len, FragRef, Kind, RecordSpec,
+    check_spec, encode_frags, encode_record, record_len, FragRef, Kind, RecordMeta, RecordSpec,
 };
 use crate::inflight::{Body, Inflight, Progress};
 use crate::log::{Job, LogHandle};
@@ -81,16 +82,25 @@ impl DiskMissHandler {
         meta: &CacheMeta,
         listed: bool,
     ) -> Result<Self> {
-        let (internal, header) = meta.serialize()?;
         // Refuse now what could never be read back.
+        let stored = match StoredMeta::new(meta) {
+            Ok(stored) => stored,
+            Err(e) => return Err(refused(&store, &key, &format!("the meta cannot be stored ({e})"))),
+        };
+        if let Err(e) = stored.to_cache_meta() {
+            return Err(refused(
+                &store,
+                &key,
+                &format!("the meta would not read back ({e})"),
+            ));
+        }
         let probe = RecordSpec {
             kind: Kind::Entry,
             seq: 0,
             entry_id: 0,
             body_len: 0,
             key: &key,
-            internal: &internal,
-            header: &header,
+            meta: RecordMeta::Stored(stored.as_bytes()),
             extra: &[],
             data: &[],
             first_block: 0,
@@ -98,13 +108,6 @@ impl DiskMissHandler {
         };
         if let Err(why) = check_spec(&probe) {
             return Err(refused(&store, &key, why));
-        }
-        if let Err(e) = CacheMeta::deserialize(&internal, &header) {
-            return Err(refused(
-                &store,
-                &key,
-                &format!("the meta would not read back ({e}); pingora reads at most 256 headers"),
-            ));
         }
         // The entry record holds the key, the meta, the fragment list and at
         // most one fragment's worth of body; it must fit an empty segment
@@ -125,8 +128,7 @@ impl DiskMissHandler {
         let inflight = Arc::new(Inflight {
             key,
             id,
-            internal,
-            header,
+            meta: stored,
             block_size: layout.block_size,
             fragment_bytes: layout.fragment_bytes,
             body: parking_lot::Mutex::new(Body::default()),
@@ -164,8 +166,7 @@ impl DiskMissHandler {
                     entry_id: self.inflight.id,
                     body_len: body.tail_start,
                     key: &self.inflight.key,
-                    internal: &[],
-                    header: &[],
+                    meta: RecordMeta::None,
                     extra: &[],
                     data: &body.tail[..f],
                     first_block: body.tail_start / self.inflight.block_size as u64,
@@ -292,8 +293,7 @@ impl HandleMiss for DiskMissHandler {
                 entry_id: self.inflight.id,
                 body_len: self.body_len,
                 key: &self.inflight.key,
-                internal: &self.inflight.internal,
-                header: &self.inflight.header,
+                meta: RecordMeta::Stored(self.inflight.meta.as_bytes()),
                 extra: &extra,
                 data: &body.tail,
                 first_block: body.tail_start / self.inflight.block_size as u64,

@@ -137,23 +137,57 @@ async fn what_could_not_be_read_back_is_refused_when_written() {
     write(disk, &CacheKey::new("k", "t".repeat(4096)), b"ok")
         .await
         .expect("a 4,096-byte user tag");
-    // More headers than pingora decodes.
+    let now = std::time::SystemTime::now();
+    let meta_of = |header| {
+        pingora_cache::CacheMeta::new(now + std::time::Duration::from_secs(60), now, 0, 0, header)
+    };
+    // More headers than pingora's own serialized form decodes (256): the
+    // tier's meta form keeps them all, and they come back.
     let mut header = pingora_http::ResponseHeader::build(200, None).expect("header");
     for i in 0..300 {
         header
-            .append_header(format!("x-h{i}"), "v")
+            .append_header(format!("x-h{i}"), format!("v{i}"))
             .expect("append");
     }
-    let now = std::time::SystemTime::now();
-    let many =
-        pingora_cache::CacheMeta::new(now + std::time::Duration::from_secs(60), now, 0, 0, header);
+    let many_key = CacheKey::new("many", "");
+    let mut miss = disk
+        .get_miss_handler(&many_key, &meta_of(header), &span)
+        .await
+        .expect("300 headers are stored");
+    miss.write_body(Bytes::from_static(b"many"), true)
+        .await
+        .expect("body");
+    miss.finish().await.expect("finish");
+    let (meta, _) = disk
+        .lookup(&many_key, &span)
+        .await
+        .expect("lookup")
+        .expect("a hit");
+    assert_eq!(meta.headers().len(), 300);
+    assert_eq!(meta.headers().get("x-h299").expect("x-h299"), "v299");
+    // A header larger than a record holds (1 MiB).
+    let mut header = pingora_http::ResponseHeader::build(200, None).expect("header");
+    header
+        .append_header("x-huge", "v".repeat(1_100_000))
+        .expect("append");
     let Err(err) = disk
-        .get_miss_handler(&CacheKey::new("many", ""), &many, &span)
+        .get_miss_handler(&CacheKey::new("huge", ""), &meta_of(header), &span)
         .await
     else {
-        panic!("300 headers were accepted");
+        panic!("a 1.1 MB header was accepted");
     };
-    assert!(err.to_string().contains("256 headers"), "{err}");
+    assert!(err.to_string().contains("larger than a record holds"), "{err}");
+    // Times the meta cannot hold.
+    let header = pingora_http::ResponseHeader::build(200, None).expect("header");
+    let before_1970 = std::time::UNIX_EPOCH - std::time::Duration::from_secs(10);
+    let old = pingora_cache::CacheMeta::new(before_1970, before_1970, 0, 0, header);
+    let Err(err) = disk
+        .get_miss_handler(&CacheKey::new("old", ""), &old, &span)
+        .await
+    else {
+        panic!("a meta from before 1970 was accepted");
+    };
+    assert!(err.to_string().contains("cannot be stored"), "{err}");
     assert_eq!(disk.corrupt_entries(), 0);
 }
 

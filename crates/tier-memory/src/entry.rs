@@ -8,7 +8,7 @@ use pingora_cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora_cache::CacheKey;
 use tier_core::BodyHitHandler;
 
-pub(crate) use crate::meta::StoredMeta;
+pub(crate) use tier_core::meta::StoredMeta;
 
 /// A body as stored: one buffer, or the chunks it was written in.
 #[derive(Debug, Clone)]

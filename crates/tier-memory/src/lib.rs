@@ -55,7 +55,6 @@
 mod config;
 mod entry;
 mod inflight;
-mod meta;
 mod shard;
 mod storage;
 mod striped;

@@ -1,13 +1,18 @@
-//! [`StoredMeta`]: a response's meta kept in one buffer, rebuilt on each hit.
+//! [`StoredMeta`]: a response's meta as one buffer, rebuilt on each hit.
 //!
 //! A parsed `ResponseHeader` costs about 400 bytes of heap for a one-header
 //! response (two `HeaderMap`s, the second keeping each name's case) on top of
-//! its inline size; the same header as bytes costs its names and values. So
-//! the tier keeps the meta as one buffer and builds the `CacheMeta` a hit
-//! needs from it: the header values are slices of the buffer (no copy), the
-//! names are parsed as pingora parses a stored header.
+//! its inline size; the same header as bytes costs its names and values. And
+//! pingora's own serialized form (`CacheMeta::serialize`) compresses the
+//! header with zstd, which a hit must decompress and parse again. So the memory
+//! tier keeps a meta as this buffer, and the disk tier writes it into its
+//! records: a hit builds the `CacheMeta` it needs from it, the header values
+//! as slices of the buffer (no copy), the names parsed as pingora parses a
+//! stored header; no decompression.
 //!
-//! Layout, little-endian, written and read only by this module:
+//! Layout, little-endian, written and read only by this module. It is stored
+//! on disk, so a change to it takes a new form code (the first byte); a
+//! reader refuses a form it does not know.
 //!
 //! ```text
 //! u8   form: 0 plain internal fields, 1 pingora's serialized internal fields
@@ -54,9 +59,22 @@ static STAND_IN_HEADER: LazyLock<Option<Vec<u8>>> = LazyLock::new(|| {
         .map(|(_, header)| header)
 });
 
-/// A meta as the tier keeps it: one buffer (see the module docs).
+/// A meta as the tiers keep it: one buffer (see the module docs).
+///
+/// ```
+/// use tier_core::meta::StoredMeta;
+///
+/// let meta = tier_core::testing::meta_with_header("content-type", "text/plain");
+/// let stored = StoredMeta::new(&meta)?;
+/// // What a tier would write, and read back later.
+/// let bytes = stored.as_bytes().clone();
+/// let back = StoredMeta::from_bytes(bytes).to_cache_meta()?;
+/// assert_eq!(back.headers().get("content-type").unwrap(), "text/plain");
+/// assert_eq!(back.fresh_until(), meta.fresh_until());
+/// # Ok::<(), Box<pingora_error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
-pub(crate) struct StoredMeta {
+pub struct StoredMeta {
     buf: Bytes,
 }
 
@@ -102,7 +120,9 @@ impl Plain {
 }
 
 impl StoredMeta {
-    pub(crate) fn new(meta: &CacheMeta) -> Result<Self> {
+    /// Encode `meta`. Fails on what the buffer cannot hold (a header name
+    /// or value over its length fields, a time before 1970).
+    pub fn new(meta: &CacheMeta) -> Result<Self> {
         let (internal, _) = meta.serialize()?;
         let plain = Plain::of(meta);
         // Keep the plain form only when it rebuilds the very same bytes, so no
@@ -184,15 +204,27 @@ impl StoredMeta {
         })
     }
 
+    /// A buffer [`StoredMeta::as_bytes`] gave, read back from storage. It is
+    /// checked when it is decoded: a cut or garbled buffer makes
+    /// [`StoredMeta::to_cache_meta`] fail, never panic.
+    pub fn from_bytes(buf: Bytes) -> Self {
+        StoredMeta { buf }
+    }
+
+    /// The encoded buffer, to store.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.buf
+    }
+
     /// A `CacheMeta` equal to the stored one. The header's values are slices
     /// of the stored buffer, its names keep the case they were stored with.
-    pub(crate) fn to_cache_meta(&self) -> Result<CacheMeta> {
+    pub fn to_cache_meta(&self) -> Result<CacheMeta> {
         self.build(None)
     }
 
     /// The same with `header`, a parsed copy of this meta's header kept for a
     /// hot entry, instead of building one from the buffer.
-    pub(crate) fn to_cache_meta_with(&self, header: ResponseHeader) -> Result<CacheMeta> {
+    pub fn to_cache_meta_with(&self, header: ResponseHeader) -> Result<CacheMeta> {
         self.build(Some(header))
     }
 
@@ -275,7 +307,7 @@ impl StoredMeta {
 
     /// What a parsed copy of this meta's header is charged, read from the
     /// buffer (computed once, when the meta was stored).
-    pub(crate) fn parsed_header_charge(&self) -> usize {
+    pub fn parsed_header_charge(&self) -> usize {
         self.buf
             .get(PARSED_CHARGE_AT..PARSED_CHARGE_AT + 4)
             .and_then(|b| b.try_into().ok())
@@ -284,7 +316,7 @@ impl StoredMeta {
 
     /// Bytes this meta holds (its buffer; the allocation's rounding is in
     /// the entry's fixed charge).
-    pub(crate) fn charge(&self) -> usize {
+    pub fn charge(&self) -> usize {
         self.buf.len()
     }
 
@@ -313,7 +345,7 @@ fn header_charge(header: &ResponseHeader) -> usize {
 fn malformed(what: &str) -> Box<Error> {
     Error::explain(
         ErrorType::InternalError,
-        format!("memory tier: stored meta: {what}"),
+        format!("stored meta: {what}"),
     )
 }
 
@@ -431,7 +463,7 @@ mod tests {
 
     #[test]
     fn every_field_and_the_header_on_the_wire_come_back() {
-        let mut meta = tier_core::testing::meta_with_header("x-a", "1");
+        let mut meta = crate::testing::meta_with_header("x-a", "1");
         meta.set_variance(hash_key("v"));
         let header = meta.response_header_mut();
         header.append_header("X-Mixed-Case", "two").expect("header");
@@ -459,7 +491,7 @@ mod tests {
 
     #[test]
     fn a_revalidated_meta_keeps_its_updated_time() {
-        let mut meta = tier_core::testing::meta_with_header("x-b", "2");
+        let mut meta = crate::testing::meta_with_header("x-b", "2");
         std::thread::sleep(std::time::Duration::from_millis(1100));
         meta.update_freshness(SystemTime::now() + std::time::Duration::from_secs(60), 1, 2);
         assert_ne!(meta.updated(), meta.created());
@@ -475,7 +507,7 @@ mod tests {
 
     #[test]
     fn a_parsed_copy_of_the_header_gives_the_same_meta() {
-        let meta = tier_core::testing::meta_with_header("X-Hot", "yes");
+        let meta = crate::testing::meta_with_header("X-Hot", "yes");
         let stored = StoredMeta::new(&meta).expect("stored");
         let built = stored.to_cache_meta().expect("meta");
         let with = stored
@@ -495,7 +527,7 @@ mod tests {
 
     #[test]
     fn status_version_and_reason_phrase_come_back() {
-        let mut meta = tier_core::testing::meta_with_header("x-c", "3");
+        let mut meta = crate::testing::meta_with_header("x-c", "3");
         let header = meta.response_header_mut();
         header.set_status(404).expect("status");
         header.set_version(Version::HTTP_10);
@@ -514,7 +546,7 @@ mod tests {
 
     #[test]
     fn the_buffer_is_smaller_than_the_parsed_header() {
-        let meta = tier_core::testing::meta_fresh_for(
+        let meta = crate::testing::meta_fresh_for(
             Duration::from_secs(60),
             &[("content-type", "application/octet-stream")],
         );
@@ -525,7 +557,7 @@ mod tests {
 
     #[test]
     fn a_cut_or_garbled_buffer_is_an_error_not_a_panic() {
-        let meta = tier_core::testing::meta_with_header("x-d", "4");
+        let meta = crate::testing::meta_with_header("x-d", "4");
         let stored = StoredMeta::new(&meta).expect("stored");
         for cut in 0..stored.buf.len() {
             let short = StoredMeta {
