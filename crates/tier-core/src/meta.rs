@@ -343,10 +343,7 @@ fn header_charge(header: &ResponseHeader) -> usize {
 }
 
 fn malformed(what: &str) -> Box<Error> {
-    Error::explain(
-        ErrorType::InternalError,
-        format!("stored meta: {what}"),
-    )
+    Error::explain(ErrorType::InternalError, format!("stored meta: {what}"))
 }
 
 fn version_code(version: Version) -> u8 {

@@ -550,18 +550,11 @@ pub(crate) fn encode_key(key: &CompactCacheKey, out: &mut Vec<u8>) {
 }
 
 /// The 64-bit hash the index and the summaries keep for `key`, without
-/// hashing it again: pingora's primary hash is already a cryptographic hash,
-/// so its bytes are mixed with the variance hash's (if any) and with an
-/// XXH3 of the user tag (if not empty). A lookup computes it once.
+/// hashing it again: tier-core's `entry_hash64`, a fold of pingora's primary
+/// hash with the variance hash and the user tag, whose value that crate
+/// keeps stable (a test pins it). A lookup computes it once.
 pub(crate) fn key_hash(key: &CompactCacheKey) -> u64 {
-    let mut h = u64_at(&key.primary, 0) ^ u64_at(&key.primary, 8).rotate_left(29);
-    if let Some(v) = &key.variance {
-        h ^= u64_at(v.as_ref(), 0).rotate_left(17) ^ u64_at(v.as_ref(), 8).rotate_left(43) ^ 1;
-    }
-    if !key.user_tag.is_empty() {
-        h ^= xxhash_rust::xxh3::xxh3_64(key.user_tag.as_bytes()).rotate_left(7);
-    }
-    h
+    tier_core::key::entry_hash64(key)
 }
 
 /// Bytes `key` takes in a record.
@@ -899,7 +892,8 @@ mod tests {
     }
 
     fn sample(data: &[u8]) -> Vec<u8> {
-        let meta = StoredMeta::new(&tier_core::testing::meta_with_header("x-a", "1")).expect("meta");
+        let meta =
+            StoredMeta::new(&tier_core::testing::meta_with_header("x-a", "1")).expect("meta");
         sample_with(data, RecordMeta::Stored(meta.as_bytes()))
     }
 
@@ -984,7 +978,10 @@ mod tests {
         let head = decode_head(&bytes).expect("decodes");
         assert_eq!(head.fixed.meta_form, META_PINGORA);
         let back = head.meta().expect("meta");
-        assert_eq!(back.serialize().expect("ser"), meta.serialize().expect("ser"));
+        assert_eq!(
+            back.serialize().expect("ser"),
+            meta.serialize().expect("ser")
+        );
         // Garbage in pingora's fields is corrupt, not a panic.
         let bytes = sample_with(b"body", RecordMeta::Pingora(b"internal", b"header"));
         let head = decode_head(&bytes).expect("decodes");

@@ -72,7 +72,12 @@ struct Tail {
 }
 
 impl Tail {
-    fn new(raw: Bytes, head: &Head, block: usize, verify: bool) -> std::result::Result<Tail, String> {
+    fn new(
+        raw: Bytes,
+        head: &Head,
+        block: usize,
+        verify: bool,
+    ) -> std::result::Result<Tail, String> {
         let start = head.fixed.data_start() as usize;
         let end = head.fixed.record_len(block) as usize;
         let data = raw

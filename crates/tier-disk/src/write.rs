@@ -85,7 +85,13 @@ impl DiskMissHandler {
         // Refuse now what could never be read back.
         let stored = match StoredMeta::new(meta) {
             Ok(stored) => stored,
-            Err(e) => return Err(refused(&store, &key, &format!("the meta cannot be stored ({e})"))),
+            Err(e) => {
+                return Err(refused(
+                    &store,
+                    &key,
+                    &format!("the meta cannot be stored ({e})"),
+                ))
+            }
         };
         if let Err(e) = stored.to_cache_meta() {
             return Err(refused(

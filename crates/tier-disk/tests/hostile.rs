@@ -176,7 +176,10 @@ async fn what_could_not_be_read_back_is_refused_when_written() {
     else {
         panic!("a 1.1 MB header was accepted");
     };
-    assert!(err.to_string().contains("larger than a record holds"), "{err}");
+    assert!(
+        err.to_string().contains("larger than a record holds"),
+        "{err}"
+    );
     // Times the meta cannot hold.
     let header = pingora_http::ResponseHeader::build(200, None).expect("header");
     let before_1970 = std::time::UNIX_EPOCH - std::time::Duration::from_secs(10);

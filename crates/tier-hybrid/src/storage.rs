@@ -643,7 +643,13 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
                 tracing::warn!(hybrid = %self.shared.name, entry = %tier_core::key::entry_file_name(&key.to_compact()), error = %e, "hot tier lookup failed");
             }
         }
-        let slot = cache_key_hash64(key);
+        // The key's primary hash is computed once here and handed on, so the
+        // cold tier (and a promotion's hot write) does not hash the key again.
+        let compact = key.to_compact();
+        let slot = entry_hash64(&compact);
+        let mut hashed = key.clone();
+        hashed.set_primary_bin_override(compact.primary);
+        let key = &hashed;
         // Taken before the cold tier is read, so a promotion of what is read
         // publishes only if nothing changed the key since.
         let ticket = if self.shared.admission.policy().may_promote() {
@@ -670,7 +676,7 @@ impl<Hot: Tier, Cold: Tier> Storage for HybridStorage<Hot, Cold> {
                 // A failing cold tier is a miss, not an outage.
                 incr(&counters.errors);
                 incr(&counters.misses);
-                tracing::warn!(hybrid = %self.shared.name, entry = %tier_core::key::entry_file_name(&key.to_compact()), error = %e, "cold tier lookup failed");
+                tracing::warn!(hybrid = %self.shared.name, entry = %tier_core::key::entry_file_name(&compact), error = %e, "cold tier lookup failed");
                 Ok(None)
             }
         }
