@@ -18,7 +18,7 @@ const ROUGH: &[(&str, u64)] = &[
     ("large", 40),
     ("reads", 30),
     ("hybrid", 30),
-    ("proxy", 100),
+    ("proxy", 250),
     ("redis", 40),
     ("raw", 10),
 ];
