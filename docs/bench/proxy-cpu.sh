@@ -16,7 +16,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 LABEL=$1; SIZE=$2; shift 3
 PORT=$((20000 + RANDOM % 20000))
 DIR=$(mktemp -d /tmp/pb.XXXX)
-taskset -c 0 "$ROOT"/target/release/examples/proxy --listen 127.0.0.1:$PORT --cache-dir $DIR "$@" >/tmp/pb_$LABEL.log 2>&1 &
+taskset -c 0 "$ROOT"/target/release/examples/proxy --listen 127.0.0.1:$PORT --cache-dir $DIR "$@" >/tmp/pb_$LABEL.$PORT.log 2>&1 &
 PID=$!
 for i in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:$PORT/bytes/1 && break; sleep 0.1; done
 cat > /tmp/pb.lua <<LUA
@@ -29,6 +29,10 @@ LUA
 # warm: every object fetched twice (a miss, then a hit)
 for k in $(seq 0 999); do curl -s -o /dev/null "http://127.0.0.1:$PORT/bytes/$SIZE?k=$k"; done
 for k in $(seq 0 999); do curl -s -o /dev/null "http://127.0.0.1:$PORT/bytes/$SIZE?k=$k"; done
+if ! kill -0 $PID 2>/dev/null; then
+  echo "$LABEL: the proxy exited before the load; its log: /tmp/pb_$LABEL.$PORT.log" >&2
+  exit 1
+fi
 read -r -a S1 < /proc/$PID/stat
 OUT=$(taskset -c 1 wrk -t1 -c16 -d8s --latency -s /tmp/pb.lua http://127.0.0.1:$PORT/ 2>&1)
 read -r -a S2 < /proc/$PID/stat
@@ -41,4 +45,4 @@ US=$(python3 -c "print(round($TICKS/$HZ*1e6/$REQS,1))")
 TIERS=$(curl -s http://127.0.0.1:$PORT/metrics | grep -E 'event="hit_(disk|memory)"' | tr '\n' ' ' | head -c 400)
 echo "$LABEL size=$SIZE reqs=$REQS rps=$RPS p99=$P99 cpu_us_per_req=$US"
 echo "  $TIERS"
-kill $PID; wait $PID 2>/dev/null; rm -rf $DIR
+kill $PID; wait $PID 2>/dev/null; rm -rf $DIR /tmp/pb_$LABEL.$PORT.log
