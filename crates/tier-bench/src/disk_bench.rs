@@ -13,7 +13,7 @@ use tier_disk::{DiskConfig, DiskStorage, Durability};
 use tokio::runtime::Runtime;
 
 use crate::disk_raw;
-use crate::runner::{populate, run_trace, DynStorage, Op};
+use crate::runner::{median, populate, range, run_trace, DynStorage, Op};
 use crate::workload::{SizeClass, Workload};
 
 /// Bytes this process has caused to be written to storage (`/proc/self/io`).
@@ -288,12 +288,6 @@ pub fn large_section(rt: &Runtime, dir: &Path, quick: bool, tasks: usize) -> Str
     }
 }
 
-/// Median of `v` (which is not empty).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// 1 MiB bodies: the tier (fragments ahead of the entry record) against
 /// raw files, in rounds that alternate the two so that a moment when the
 /// machine is slow weighs on both; each figure is the median of the rounds,
@@ -327,8 +321,7 @@ fn large(rt: &Runtime, dir: &Path, quick: bool, tasks: usize) -> std::io::Result
     }
     let ratios = |a: &[f64], b: &[f64]| -> (f64, f64, f64) {
         let r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b.max(1e-9)).collect();
-        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = r.iter().copied().fold(0.0, f64::max);
+        let (lo, hi) = range(r.iter().copied());
         (median(r), lo, hi)
     };
     let (ri, ri_lo, ri_hi) = ratios(&ins, &raw_ins);

@@ -30,7 +30,7 @@ mod runner;
 mod ttfb;
 mod workload;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -226,11 +226,9 @@ fn main() {
 
     if run("latency") {
         progress.start("latency");
-        let latency_dir = args.out.join("latency");
-        if std::fs::create_dir_all(&latency_dir).is_ok() {
-            report.push_str(&latency::section(&rt, &latency_dir, args.quick));
-        }
-        std::fs::remove_dir_all(&latency_dir).ok();
+        report.push_str(&in_scratch_dir(&args.out, "latency", |dir| {
+            latency::section(&rt, dir, args.quick)
+        }));
     }
 
     // Inserts of each size class; key counts shrink as bodies grow so every
@@ -293,69 +291,51 @@ fn main() {
 
     if run("ttfb") {
         progress.start("ttfb");
-        let ttfb_dir = args.out.join("ttfb");
-        if std::fs::create_dir_all(&ttfb_dir).is_ok() {
-            report.push_str(&ttfb::section(&rt, &ttfb_dir, args.quick));
-        }
-        std::fs::remove_dir_all(&ttfb_dir).ok();
+        report.push_str(&in_scratch_dir(&args.out, "ttfb", |dir| {
+            ttfb::section(&rt, dir, args.quick)
+        }));
     }
 
     if run("disk") {
         progress.start("disk");
-        let disk_dir = args.out.join("disk-tier");
-        if std::fs::create_dir_all(&disk_dir).is_ok() {
-            report.push_str(&disk_bench::section(&rt, &disk_dir, args.quick, TASKS));
-        }
-        std::fs::remove_dir_all(&disk_dir).ok();
+        report.push_str(&in_scratch_dir(&args.out, "disk-tier", |dir| {
+            disk_bench::section(&rt, dir, args.quick, TASKS)
+        }));
     }
 
     if run("large") {
         progress.start("large");
-        let large_dir = args.out.join("disk-large");
-        if std::fs::create_dir_all(&large_dir).is_ok() {
-            report.push_str(&disk_bench::large_section(
-                &rt, &large_dir, args.quick, TASKS,
-            ));
-        }
-        std::fs::remove_dir_all(&large_dir).ok();
+        report.push_str(&in_scratch_dir(&args.out, "disk-large", |dir| {
+            disk_bench::large_section(&rt, dir, args.quick, TASKS)
+        }));
     }
 
     if run("reads") {
         progress.start("reads");
-        let reads_dir = args.out.join("read-paths");
-        if std::fs::create_dir_all(&reads_dir).is_ok() {
-            report.push_str(&read_paths::section(&rt, &reads_dir, args.quick));
-        }
-        std::fs::remove_dir_all(&reads_dir).ok();
+        report.push_str(&in_scratch_dir(&args.out, "read-paths", |dir| {
+            read_paths::section(&rt, dir, args.quick)
+        }));
     }
 
     if run("hybrid") {
         progress.start("hybrid");
-        let hybrid_dir = args.out.join("hybrid");
-        if std::fs::create_dir_all(&hybrid_dir).is_ok() {
-            report.push_str(&hybrid_bench::section(&rt, &hybrid_dir, args.quick));
-        }
-        std::fs::remove_dir_all(&hybrid_dir).ok();
+        report.push_str(&in_scratch_dir(&args.out, "hybrid", |dir| {
+            hybrid_bench::section(&rt, dir, args.quick)
+        }));
     }
 
     if run("proxy") {
         progress.start("proxy");
-        let proxy_dir = args.out.join("proxy");
-        if std::fs::create_dir_all(&proxy_dir).is_ok() {
-            report.push_str(&proxy_bench::section(&rt, &proxy_dir, args.quick));
-        }
-        std::fs::remove_dir_all(&proxy_dir).ok();
+        report.push_str(&in_scratch_dir(&args.out, "proxy", |dir| {
+            proxy_bench::section(&rt, dir, args.quick)
+        }));
     }
 
     if run("redis") {
         progress.start("redis");
-        let redis_dir = args.out.join("redis");
-        if std::fs::create_dir_all(&redis_dir).is_ok() {
-            report.push_str(&redis_bench::section(
-                &rt, &redis_dir, args.quick, TASKS, &plots,
-            ));
-        }
-        std::fs::remove_dir_all(&redis_dir).ok();
+        report.push_str(&in_scratch_dir(&args.out, "redis", |dir| {
+            redis_bench::section(&rt, dir, args.quick, TASKS, &plots)
+        }));
     }
 
     if run("raw") {
@@ -379,6 +359,19 @@ fn main() {
         eprintln!("tier-bench: could not write the report: {e}");
         std::process::exit(1);
     }
+}
+
+/// Run a section in its own directory under `out`, removed afterwards: the
+/// section's text, or none if the directory cannot be made.
+fn in_scratch_dir(out: &Path, name: &str, section: impl FnOnce(&Path) -> String) -> String {
+    let dir = out.join(name);
+    let text = if std::fs::create_dir_all(&dir).is_ok() {
+        section(&dir)
+    } else {
+        String::new()
+    };
+    std::fs::remove_dir_all(&dir).ok();
+    text
 }
 
 /// Hit ratio of the memory tier against LRU and TinyUFO at 1% and 10% of the

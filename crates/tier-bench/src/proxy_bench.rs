@@ -233,14 +233,10 @@ fn measure(
 
 /// Each figure's median over `loads` (per field), or `None` if empty.
 fn median(loads: &[Load]) -> Option<Load> {
-    fn mid(mut v: Vec<f64>) -> f64 {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    }
     if loads.is_empty() {
         return None;
     }
-    let field = |f: fn(&Load) -> f64| mid(loads.iter().map(f).collect());
+    let field = |f: fn(&Load) -> f64| crate::runner::median(loads.iter().map(f).collect());
     Some(Load {
         rps: field(|l| l.rps),
         p99_ms: field(|l| l.p99_ms),
@@ -253,9 +249,7 @@ fn median(loads: &[Load]) -> Option<Load> {
 
 /// The range of CPU per request over `loads`, as "low–high".
 fn spread(loads: &[Load]) -> String {
-    let cpu = loads.iter().map(|l| l.cpu_us_per_request);
-    let low = cpu.clone().fold(f64::INFINITY, f64::min);
-    let high = cpu.fold(0.0, f64::max);
+    let (low, high) = crate::runner::range(loads.iter().map(|l| l.cpu_us_per_request));
     format!("{low:.1}–{high:.1}")
 }
 

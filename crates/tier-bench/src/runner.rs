@@ -229,6 +229,18 @@ async fn read_checked(
 }
 
 /// Keep a value alive past the measurement (for leaked storages).
+/// Median of `v` (which is not empty): the upper middle of an even count.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The lowest and highest of `v`.
+pub fn range(v: impl IntoIterator<Item = f64>) -> (f64, f64) {
+    v.into_iter()
+        .fold((f64::INFINITY, 0.0), |(lo, hi), x| (lo.min(x), hi.max(x)))
+}
+
 pub fn leak<T: Send + Sync + 'static>(value: T) -> &'static T {
     Box::leak(Box::new(value))
 }
